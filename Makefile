@@ -1,0 +1,116 @@
+# The developer's and the pipeline's one entry point: every target installs what it needs first.
+#   make demo   install, synthesize every environment, then train and release a build offline
+#   make test   install and run the whole suite (pytest, then the checkov security scan)
+#   make bench  medians of synthesis, CLI start-up, local training and release
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+TOOLS := .tools
+
+# Python packages come from PIP_INDEX_URL (the Pipfile's source). Unset, it is pip's own default
+# index, read from pip itself so that no committed file names a registry host.
+PIP_INDEX_URL ?= $(shell $(PYTHON) -c "from pip._internal.models.index import PyPI; print(PyPI.simple_url)")
+export PIP_INDEX_URL
+export PIPENV_VENV_IN_PROJECT := 1
+export PIPENV_YES := 1
+export PIPENV_NOSPIN := 1
+export PIPENV_VERBOSITY := -1
+PIPENV_VERSION := 2026.10.3
+PIPENV := $(TOOLS)/pipenv/bin/pipenv
+
+# The cdktn CLI needs Node >= 22.19. Where the system Node is older, Node 22 comes from the npm
+# registry (the node-linux-<arch> package ships the binary) into .tools/node.
+NODE_VERSION := 22.23.3
+NODE_ARCH := $(if $(filter aarch64 arm64,$(shell uname -m)),arm64,x64)
+SYSTEM_NODE_OK := $(shell node -e 'const [a,b]=process.versions.node.split(".").map(Number);process.stdout.write(String(a>22||(a===22&&b>=19)))' 2>/dev/null)
+ifeq ($(SYSTEM_NODE_OK),true)
+NODE_STAMP :=
+else
+NODE_BIN := $(CURDIR)/$(TOOLS)/node/node_modules/node-linux-$(NODE_ARCH)/bin
+NODE_STAMP := $(NODE_BIN)/node
+export PATH := $(NODE_BIN):$(PATH)
+endif
+CDKTN := node_modules/.bin/cdktn
+
+CHECKOV_VERSION := 3.3.30
+CHECKOV := $(TOOLS)/checkov/bin/checkov
+
+# Quiet, offline-friendly defaults for the tools (see ../shared/FIELD-NOTES.md).
+export CHECKPOINT_DISABLE := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := 1
+export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
+export JSII_RUNTIME_PACKAGE_CACHE_ROOT := $(CURDIR)/$(TOOLS)/jsii-cache
+export TF_CLI_CONFIG_FILE := $(CURDIR)/$(TOOLS)/terraformrc
+
+.PHONY: help install demo test lint scan synth summary bench down clean
+
+help:
+	@sed -n 's/^#   //p' Makefile
+
+install: $(VENV)/.synced node_modules/.installed $(CHECKOV) $(TOOLS)/terraformrc
+
+$(PIPENV):
+	$(PYTHON) -m venv $(TOOLS)/pipenv
+	$(TOOLS)/pipenv/bin/pip install --quiet pipenv==$(PIPENV_VERSION)
+
+$(VENV)/.synced: Pipfile.lock | $(PIPENV)
+	$(PIPENV) sync --dev
+	touch $@
+
+$(NODE_BIN)/node:
+	npm install --silent --prefix $(TOOLS)/node --no-save node-linux-$(NODE_ARCH)@$(NODE_VERSION)
+
+node_modules/.installed: package-lock.json $(NODE_STAMP)
+	npm ci --silent
+	touch $@
+
+# checkov has its own environment: beside cdktn, mlflow and azure-ai-ml, pip backtracks for
+# minutes and settles on an old checkov.
+$(CHECKOV):
+	$(PYTHON) -m venv $(TOOLS)/checkov
+	$(TOOLS)/checkov/bin/pip install --quiet checkov==$(CHECKOV_VERSION)
+
+$(TOOLS)/terraformrc:
+	mkdir -p $(TOOLS) && touch $@
+
+synth: install
+	$(CDKTN) synth --output cdktf.out
+
+summary:
+	$(PY) -m stacks.summary cdktf.out
+
+scan: synth
+	$(CHECKOV) --config-file .checkov.yaml -d cdktf.out --framework terraform_json --skip-download --quiet --compact
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+test: install lint
+	$(PY) -m pytest --junitxml=test-results/pytest.xml
+	$(MAKE) --no-print-directory scan
+
+demo: synth summary
+	$(PY) -m deploy train --env local --build demo-$$(date +%Y%m%d.%H%M%S) --source demo@local
+	$(PY) -m deploy release --env local --to stage
+	$(PY) -m deploy release --env local --to prod
+	$(PY) -m deploy status --env local
+	@echo "Scoring two customers against churnservice-prod (local):"
+	@curl -sS -H 'Content-Type: application/json' --data @examples/score-request.json \
+	  http://127.0.0.1:$$($(PY) -c "from config import load_environment as l; print(l('local').local.prod_port)")/invocations; echo
+	@echo "The local scoring servers keep running; stop them with: make down"
+
+down: install
+	$(PY) -m deploy down --env local
+
+bench: install
+	$(PY) bench/run.py
+
+clean:
+	-$(PY) -m deploy down --env local
+	rm -rf cdktf.out .state outputs test-results .pytest_cache

@@ -1,0 +1,339 @@
+"""The environments: one typed, frozen `EnvConfig` each, loaded and validated in this one place.
+
+`environments.toml` holds the settings; `schema.json` says which keys exist and what they accept.
+Everything that reads configuration (the CDK app, the deploy CLI, the notebooks) goes through
+`load_environment` or `load_all`, so a bad file fails the same way everywhere: one `ConfigError`
+naming the environment, the key and what is expected.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from config import naming
+
+CONFIG_DIR = Path(__file__).resolve().parent
+PROJECT_ROOT = CONFIG_DIR.parent
+DEFAULT_CONFIG_FILE = CONFIG_DIR / "environments.toml"
+CONFIG_ENV_VAR = "CHURN_CONFIG"
+
+# Roles the automation identity may never hold, whatever the config says: each can grant access.
+FORBIDDEN_ROLES = frozenset({"Owner", "User Access Administrator", "Role Based Access Control Administrator"})
+
+# Public regions plus the sovereign ones; `az account list-locations -o tsv --query [].name`.
+AZURE_REGIONS = frozenset(
+    """
+    australiacentral australiacentral2 australiaeast australiasoutheast austriaeast belgiumcentral
+    brazilsouth brazilsoutheast canadacentral canadaeast centralindia centralus chilecentral
+    denmarkeast eastasia eastus eastus2 francecentral francesouth germanynorth germanywestcentral
+    indonesiacentral israelcentral italynorth japaneast japanwest koreacentral koreasouth
+    malaysiawest mexicocentral newzealandnorth northcentralus northeurope norwayeast norwaywest
+    polandcentral qatarcentral southafricanorth southafricawest southcentralus southindia
+    southeastasia spaincentral swedencentral switzerlandnorth switzerlandwest uaecentral uaenorth
+    uksouth ukwest westcentralus westeurope westindia westus westus2 westus3
+    usgovarizona usgovtexas usgovvirginia usdodcentral usdodeast
+    chinaeast chinaeast2 chinaeast3 chinanorth chinanorth2 chinanorth3
+    """.split()
+)
+
+
+@dataclass(frozen=True)
+class CloudEndpoints:
+    """Where the SDKs authenticate and call; overridable for sovereign clouds and for tests."""
+
+    name: str
+    authority_host: str
+    graph: str
+    resource_manager: str
+    key_vault_resource: str
+
+
+CLOUDS = {
+    "AzureCloud": CloudEndpoints(
+        "AzureCloud",
+        "https://login.microsoftonline.com",
+        "https://graph.microsoft.com",
+        "https://management.azure.com",
+        "https://vault.azure.net",
+    ),
+    "AzureUSGovernment": CloudEndpoints(
+        "AzureUSGovernment",
+        "https://login.microsoftonline.us",
+        "https://graph.microsoft.us",
+        "https://management.usgovcloudapi.net",
+        "https://vault.usgovcloudapi.net",
+    ),
+    "AzureChinaCloud": CloudEndpoints(
+        "AzureChinaCloud",
+        "https://login.chinacloudapi.cn",
+        "https://microsoftgraph.chinacloudapi.cn",
+        "https://management.chinacloudapi.cn",
+        "https://vault.azure.cn",
+    ),
+}
+# The azurerm / azuread providers' names for the same clouds.
+TERRAFORM_ENVIRONMENT = {"AzureCloud": "public", "AzureUSGovernment": "usgovernment", "AzureChinaCloud": "china"}
+
+
+class ConfigError(Exception):
+    """Bad configuration: the CLI and the CDK app print it as one line and exit with status 2."""
+
+    def __init__(self, env: str | None, key: str | None, problem: str):
+        where = " ".join(
+            part for part in (f"environment '{env}'" if env else "", f"key '{key}'" if key else "") if part
+        )
+        super().__init__(f"config error: {where + ': ' if where else ''}{problem}")
+        self.env, self.key, self.problem = env, key, problem
+
+
+@dataclass(frozen=True)
+class RoleAssignment:
+    role: str
+    scope: str  # symbolic: resource_group, ml_workspace, key_vault, data_account, data_container
+
+
+@dataclass(frozen=True)
+class Federation:
+    """A federated credential for an Azure DevOps workload-identity service connection."""
+
+    issuer: str
+    subject: str
+
+
+@dataclass(frozen=True)
+class StateBackend:
+    resource_group: str
+    storage_account: str
+    container: str
+
+
+@dataclass(frozen=True)
+class Gate:
+    min_auc: float = 0.80
+    max_auc_drop: float = 0.01
+
+
+@dataclass(frozen=True)
+class Validation:
+    rows: int = 50
+    max_p95_ms: float = 1500.0
+
+
+@dataclass(frozen=True)
+class Serving:
+    instance_type: str = "Standard_DS3_v2"
+    instance_count: int = 1
+
+
+@dataclass(frozen=True)
+class SecretPolicy:
+    name: str = "automation-client-secret"
+    lifetime_days: int = 90
+    overlap_hours: float = 24.0
+    warn_days: int = 21
+    token_retry_seconds: float = 300.0
+
+
+@dataclass(frozen=True)
+class Training:
+    job_timeout_minutes: int = 60
+
+
+@dataclass(frozen=True)
+class LocalSettings:
+    state_dir: Path = PROJECT_ROOT / ".state" / "local"
+    stage_port: int = 5301
+    prod_port: int = 5302
+
+    def port(self, slot: str) -> int:
+        return {"stage": self.stage_port, "prod": self.prod_port}[slot]
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """One environment, validated. `kind == "local"` has no prefix, names, cloud or stack."""
+
+    name: str
+    kind: str
+    prefix: str | None
+    location: str
+    cloud: CloudEndpoints
+    subscription_id: str | None
+    tags: dict[str, str]
+    purge_protection: bool
+    outputs_file: Path
+    role_assignments: tuple[RoleAssignment, ...] = ()
+    federation: Federation | None = None
+    state_backend: StateBackend | None = None
+    gate: Gate = field(default_factory=Gate)
+    validation: Validation = field(default_factory=Validation)
+    serving: Serving = field(default_factory=Serving)
+    secret: SecretPolicy = field(default_factory=SecretPolicy)
+    training: Training = field(default_factory=Training)
+    local: LocalSettings = field(default_factory=LocalSettings)
+    names: naming.Names | None = None
+
+    @property
+    def is_local(self) -> bool:
+        return self.kind == "local"
+
+    @property
+    def stack_name(self) -> str:
+        return f"churn-{self.name}"
+
+    @property
+    def terraform_environment(self) -> str:
+        return TERRAFORM_ENVIRONMENT[self.cloud.name]
+
+    def endpoint_name(self, slot: str) -> str:
+        return naming.endpoint_name(slot, self.prefix)
+
+
+def config_path(path: str | os.PathLike[str] | None = None) -> Path:
+    return Path(path or os.environ.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG_FILE)
+
+
+def load_all(path: str | os.PathLike[str] | None = None) -> dict[str, EnvConfig]:
+    """Every environment in the file, validated together (prefixes must not collide)."""
+    raw = _read(config_path(path))
+    defaults = raw.get("defaults", {})
+    envs = {name: _build(name, _merge(defaults, table)) for name, table in raw["environments"].items()}
+    seen: dict[str, str] = {}
+    for env in envs.values():
+        if env.prefix is None:
+            continue
+        if env.prefix in seen:
+            raise ConfigError(
+                env.name, "prefix", f"'{env.prefix}' is already used by environment '{seen[env.prefix]}'; "
+                "expected a prefix unique to this environment (globally unique names derive from it)",
+            )
+        seen[env.prefix] = env.name
+    return envs
+
+
+def load_environment(name: str, path: str | os.PathLike[str] | None = None) -> EnvConfig:
+    envs = load_all(path)
+    if name not in envs:
+        raise ConfigError(name, None, f"no such environment; expected one of {', '.join(sorted(envs))}")
+    return envs[name]
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            raw = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(None, None, f"{path} not found; expected the environments file (TOML)") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(None, None, f"{path} is not valid TOML: {exc}") from None
+    unknown = set(raw) - {"defaults", "environments"}
+    if unknown:
+        raise ConfigError(None, sorted(unknown)[0], "unknown top-level table; expected [defaults] or [environments.<name>]")
+    if not isinstance(raw.get("environments"), dict) or not raw["environments"]:
+        raise ConfigError(None, "environments", "missing; expected at least one [environments.<name>] table")
+    return raw
+
+
+def _merge(defaults: dict[str, Any], table: dict[str, Any]) -> dict[str, Any]:
+    if table.get("kind") == "local":
+        return dict(table)  # local runs no cloud, so the Azure defaults don't apply to it
+    merged = dict(defaults)
+    for key, value in table.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key != "tags":
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+_SCHEMA: dict[str, Any] | None = None
+
+
+def _validate_schema(env: str, table: dict[str, Any]) -> None:
+    import jsonschema  # imported here: only commands that read config pay for it
+
+    global _SCHEMA
+    if _SCHEMA is None:
+        _SCHEMA = json.loads((CONFIG_DIR / "schema.json").read_text())
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(_SCHEMA).iter_errors(table))
+    if error is None:
+        return
+    key = ".".join(str(part) for part in error.absolute_path) or None
+    if error.validator == "additionalProperties":
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        key = ".".join(filter(None, [key, extra[0] if extra else None]))
+        allowed = ", ".join(sorted(error.schema.get("properties", {})))
+        raise ConfigError(env, key, f"unknown key; expected one of {allowed}")
+    raise ConfigError(env, key, f"{error.message}")
+
+
+def _build(name: str, table: dict[str, Any]) -> EnvConfig:
+    _validate_schema(name, table)
+    kind = table.get("kind", "azure")
+    cloud = CLOUDS[table.get("cloud", "AzureCloud")]
+    cloud = CloudEndpoints(cloud.name, **{**_endpoint_fields(cloud), **table.get("endpoints", {})})
+    common = dict(
+        name=name,
+        kind=kind,
+        cloud=cloud,
+        tags={**table.get("tags", {}), "environment": name},
+        gate=Gate(**table.get("gate", {})),
+        validation=Validation(**table.get("validation", {})),
+        serving=Serving(**table.get("serving", {})),
+        secret=SecretPolicy(**table.get("secret", {})),
+        training=Training(**table.get("training", {})),
+    )
+    if kind == "local":
+        local = dict(table.get("local", {}))
+        if "state_dir" in local:
+            local["state_dir"] = PROJECT_ROOT / local["state_dir"]
+        settings = LocalSettings(**local)
+        if settings.stage_port == settings.prod_port:
+            raise ConfigError(name, "local.prod_port", "equals local.stage_port; expected one port per slot")
+        return EnvConfig(
+            **common, prefix=None, location="local", subscription_id=None, purge_protection=False,
+            outputs_file=settings.state_dir / "outputs.json", local=settings,
+        )
+
+    for key in ("prefix", "location"):
+        if not table.get(key):
+            raise ConfigError(name, key, "missing; expected a value here or in [defaults]")
+    prefix = table["prefix"]
+    if not naming.PREFIX_RULE.match(prefix):
+        raise ConfigError(name, "prefix", f"'{prefix}' is invalid; expected {naming.PREFIX_EXPECTED}")
+    try:
+        names = naming.derive(prefix)
+    except naming.InvalidName as exc:
+        raise ConfigError(name, "prefix", str(exc)) from None
+    if table["location"] not in AZURE_REGIONS:
+        raise ConfigError(
+            name, "location", f"'{table['location']}' is not an Azure region; expected a name like westeurope"
+        )
+    roles = tuple(RoleAssignment(**item) for item in table.get("role_assignments", []))
+    for index, assignment in enumerate(roles):
+        if assignment.role in FORBIDDEN_ROLES:
+            raise ConfigError(
+                name, f"role_assignments[{index}].role",
+                f"'{assignment.role}' can grant access; expected a least-privilege role (Contributor at most)",
+            )
+    return EnvConfig(
+        **common,
+        prefix=prefix,
+        location=table["location"],
+        subscription_id=table.get("subscription_id"),
+        purge_protection=table.get("purge_protection", True),
+        outputs_file=PROJECT_ROOT / table.get("outputs_file", f"outputs/churn-{name}.json"),
+        role_assignments=roles,
+        federation=Federation(**table["federation"]) if "federation" in table else None,
+        state_backend=StateBackend(**table["state_backend"]) if "state_backend" in table else None,
+        names=names,
+    )
+
+
+def _endpoint_fields(cloud: CloudEndpoints) -> dict[str, str]:
+    return {key: value for key, value in cloud.__dict__.items() if key != "name"}

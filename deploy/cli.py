@@ -1,0 +1,107 @@
+"""`python -m deploy`: the argument parser for every command, and the one place errors become exits.
+
+Each command is a `module:function` string, imported only when that command runs, so `--help`
+and argument errors never pay for azure-ai-ml, mlflow or databricks-sdk. A handler takes the
+parsed arguments and the environment's config and returns an exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from deploy.errors import USAGE, DeployError
+
+COMMANDS = {
+    "train": "deploy.train:run",
+    "release": "deploy.rollout:run_release",
+    "rollback": "deploy.rollout:run_rollback",
+    "down": "deploy.rollout:run_down",
+    "status": "deploy.status:run",
+    "rotate-secret": "deploy.rotation:run",
+}
+SLOTS = ("stage", "prod")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--env", required=True, help="environment name from config/environments.toml")
+    common.add_argument("--config", help="environments file (default: config/environments.toml or $CHURN_CONFIG)")
+    common.add_argument("--outputs", help="stack outputs file (default: the environment's outputs_file)")
+    common.add_argument("--debug", action="store_true", help="show tracebacks and SDK logging")
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+    parser = argparse.ArgumentParser(
+        prog="python -m deploy", description="Train, release, roll back and operate the churn model."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser("train", parents=[common, as_json], help="train a build and log its MLflow run")
+    train.add_argument("--build", help="CI build number (default: a generated id)")
+    train.add_argument("--source", help="CI source, e.g. repo@commit (default: manual)")
+    train.add_argument("--data", help="churn CSV to train on (local only; default: synthetic data)")
+    train.add_argument("--no-wait", action="store_true", help="start the job and return without waiting")
+    train.add_argument("--force", action="store_true", help="start a new run even if this build has one")
+
+    release = commands.add_parser(
+        "release", parents=[common, as_json], help="gate, deploy blue/green, validate and switch a slot"
+    )
+    release.add_argument("--to", required=True, choices=SLOTS, dest="slot", help="slot to release into")
+    release.add_argument("--build", default="latest", help="build number, or latest (default)")
+    release.add_argument("--force", action="store_true", help="override a failed gate (the override is recorded)")
+
+    rollback = commands.add_parser(
+        "rollback", parents=[common, as_json], help="move a slot back to its previous deployment"
+    )
+    rollback.add_argument("--to", required=True, choices=SLOTS, dest="slot", help="slot to roll back")
+
+    commands.add_parser("status", parents=[common, as_json], help="slots, versions, traffic and secret expiry")
+    commands.add_parser("down", parents=[common], help="stop the local scoring servers (local only)")
+
+    rotate = commands.add_parser(
+        "rotate-secret", parents=[common, as_json], help="give the automation identity a fresh client secret"
+    )
+    rotate.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
+    pruning = rotate.add_mutually_exclusive_group()
+    pruning.add_argument("--prune-now", action="store_true", help="remove old credentials now, not after the overlap")
+    pruning.add_argument("--keep-old", action="store_true", help="remove no old credentials")
+    rotate.add_argument("--lifetime-days", type=int, help="lifetime of the new secret (default from config, max 730)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING, stream=sys.stderr)
+    try:
+        from config import ConfigError, load_environment
+
+        try:
+            env = load_environment(args.env, args.config)
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            return USAGE
+        module_name, function_name = COMMANDS[args.command].split(":")
+        handler = getattr(importlib.import_module(module_name), function_name)
+        return handler(args, env)
+    except DeployError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_status
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # an SDK or service failure: one line, the traceback only on request
+        if args.debug:
+            raise
+        print(f"error: {type(exc).__name__}: {_first_line(exc)} (rerun with --debug for details)", file=sys.stderr)
+        return 1
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "no message"

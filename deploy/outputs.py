@@ -1,0 +1,63 @@
+"""An environment's stack outputs, read from the file `cdktn deploy --outputs-file` writes.
+
+The output names below are a contract with `stacks/`: the stack declares exactly these, at its
+top level, and the README lists them. None of them is sensitive.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from config import EnvConfig
+from deploy.errors import UsageError
+
+
+@dataclass(frozen=True)
+class StackOutputs:
+    subscription_id: str
+    tenant_id: str
+    resource_group: str
+    location: str
+    ml_workspace_name: str
+    mlflow_tracking_uri: str
+    databricks_host: str
+    databricks_workspace_id: str  # the workspace's Azure resource id: Entra ID auth needs it
+    key_vault_uri: str
+    client_secret_name: str
+    automation_client_id: str
+    automation_application_object_id: str
+    data_account: str
+    data_container: str
+    train_job_id: str
+    deploy_job_id: str
+
+    @property
+    def data_root(self) -> str:
+        """The churn data container as an abfss URI (direct access: DBFS mounts are deprecated)."""
+        return f"abfss://{self.data_container}@{self.data_account}.dfs.core.windows.net"
+
+
+OUTPUT_NAMES = tuple(field.name for field in fields(StackOutputs))
+
+
+def load_outputs(env: EnvConfig, path: str | Path | None = None) -> StackOutputs:
+    """Read `env`'s outputs; a missing or incomplete file is a UsageError that says how to make it."""
+    if env.is_local:
+        raise UsageError(f"environment '{env.name}' is local and has no stack outputs")
+    path = Path(path or env.outputs_file)
+    how = f"expected the file written by `cdktn deploy {env.stack_name} --outputs-file {path}`"
+    try:
+        document = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"outputs file {path} not found; {how}") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UsageError(f"outputs file {path} is unreadable ({exc}); {how}") from None
+    values = document.get(env.stack_name) if isinstance(document, dict) else None
+    if not isinstance(values, dict):
+        raise UsageError(f"outputs file {path} has no stack '{env.stack_name}'; {how}")
+    missing = [name for name in OUTPUT_NAMES if values.get(name) in (None, "")]
+    if missing:
+        raise UsageError(f"outputs file {path} lacks {', '.join(missing)}; {how} from the current stack")
+    return StackOutputs(**{name: str(values[name]) for name in OUTPUT_NAMES})

@@ -1,0 +1,63 @@
+"""Where an environment's MLflow runs, models and churn data live.
+
+MLflow is the one tracking and registry API: the local SQLite store and an Azure ML workspace
+(through azureml-mlflow) both answer it, so only these locations differ between environments.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from config import EnvConfig
+from deploy.outputs import StackOutputs
+
+
+def local_data_root(env: EnvConfig) -> Path:
+    """The local stand-in for the `churndata` container."""
+    return env.local.state_dir / "churndata"
+
+
+def tracking_uri(env: EnvConfig, outputs: StackOutputs | None) -> str:
+    if env.is_local:
+        return f"sqlite:///{env.local.state_dir / 'mlflow.db'}"
+    assert outputs is not None, "Azure environments need their stack outputs"
+    return outputs.mlflow_tracking_uri
+
+
+def data_root(env: EnvConfig, outputs: StackOutputs | None) -> str:
+    """The churn data container: a local folder, or an abfss URI."""
+    if env.is_local:
+        return str(local_data_root(env))
+    assert outputs is not None, "Azure environments need their stack outputs"
+    return outputs.data_root
+
+
+def use_environment(env: EnvConfig, outputs: StackOutputs | None = None) -> str:
+    """Point MLflow (tracking and registry) at `env`; returns the tracking URI. Imports mlflow."""
+    # MLflow otherwise reports usage to its telemetry host; nothing here may leave the machine.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DO_NOT_TRACK", "true")
+    import mlflow
+
+    uri = tracking_uri(env, outputs)
+    if env.is_local:
+        env.local.state_dir.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return uri
+
+
+def ensure_experiment(env: EnvConfig) -> str:
+    """The id of experiment `automl-churn`, created if missing (call after `use_environment`)."""
+    import mlflow
+
+    from deploy.contract import EXPERIMENT
+
+    experiment = mlflow.get_experiment_by_name(EXPERIMENT)
+    if experiment is not None:
+        return experiment.experiment_id
+    # Local artifacts go beside the database, not into whatever the working directory is.
+    location = (env.local.state_dir / "mlartifacts").as_uri() if env.is_local else None
+    return mlflow.create_experiment(EXPERIMENT, artifact_location=location)
+

@@ -1,0 +1,51 @@
+"""Fixtures shared by every test module: a throw-away environments file and a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+# Nothing in the suite may leave the machine: MLflow otherwise reports usage to its telemetry host.
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+os.environ["DO_NOT_TRACK"] = "true"
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SHIPPED_CONFIG = PROJECT_ROOT / "config" / "environments.toml"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def write_config(tmp_path: Path) -> Callable[[str], Path]:
+    """Write an environments file into the test's folder and return its path."""
+
+    def write(text: str, name: str = "environments.toml") -> Path:
+        path = tmp_path / name
+        path.write_text(text)
+        return path
+
+    return write
+
+
+@pytest.fixture
+def local_config(tmp_path: Path) -> Path:
+    """An environments file whose `local` environment keeps its state in the test's folder and
+    serves on free ports, so tests running side by side never share servers or stores."""
+    path = tmp_path / "environments.toml"
+    stage, prod = free_port(), free_port()
+    while prod == stage:
+        prod = free_port()
+    path.write_text(
+        SHIPPED_CONFIG.read_text().replace('state_dir = ".state/local"', f'state_dir = "{tmp_path / "state"}"')
+        .replace("stage_port = 5301", f"stage_port = {stage}")
+        .replace("prod_port = 5302", f"prod_port = {prod}")
+    )
+    return path
