@@ -1,0 +1,156 @@
+"""The environments file: what the shipped config yields, and one clear line for each kind of mistake."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from config import ConfigError, load_all, load_environment, naming
+from deploy.cli import main as deploy_main
+from tests.conftest import PROJECT_ROOT, SHIPPED_CONFIG
+
+MINIMAL = """
+[defaults]
+location = "westeurope"
+
+[environments.dev]
+prefix = "chrndev"
+"""
+
+
+def test_shipped_config_has_local_dev_and_prod():
+    envs = load_all(SHIPPED_CONFIG)
+    assert set(envs) == {"local", "dev", "prod"}
+    assert envs["local"].is_local and envs["local"].names is None
+    assert envs["dev"].purge_protection is False and envs["prod"].purge_protection is True
+    assert envs["prod"].gate.min_auc == 0.82, "an environment's table overrides [defaults] key by key"
+    assert envs["prod"].gate.max_auc_drop == 0.005
+    assert envs["dev"].gate.min_auc == 0.80
+    assert envs["dev"].tags["environment"] == "dev" and envs["dev"].tags["project"] == "customer-churn"
+
+
+def test_default_roles_are_least_privilege():
+    roles = {(a.role, a.scope) for a in load_environment("dev", SHIPPED_CONFIG).role_assignments}
+    assert roles == {("AzureML Data Scientist", "ml_workspace"), ("Storage Blob Data Contributor", "data_container")}
+
+
+def test_globally_unique_names_differ_between_environments():
+    envs = load_all(SHIPPED_CONFIG)
+    dev, prod = envs["dev"].names, envs["prod"].names
+    for field in ("key_vault", "ml_key_vault", "data_storage_account", "ml_storage_account", "container_registry"):
+        assert getattr(dev, field) != getattr(prod, field), field
+    assert dev.stage_endpoint == "churnservice-stage-chrndev"
+    assert len(prod.prod_endpoint) <= 32
+
+
+def test_every_derived_name_obeys_its_rule_for_the_longest_prefix():
+    names = naming.derive("a" * 10)
+    assert len(names.data_storage_account) <= 24 and names.data_storage_account.isalnum()
+    assert 3 <= len(names.key_vault) <= 24
+    assert names.container_registry.isalnum()
+    assert naming.endpoint_name("prod", "a" * 10) == "churnservice-prod-aaaaaaaaaa"
+
+
+def test_endpoint_name_rules():
+    with pytest.raises(naming.InvalidName, match="3-32"):
+        naming.check("online_endpoint", "churnservice-stage-" + "x" * 20)
+    with pytest.raises(naming.InvalidName, match="starting with a letter"):
+        naming.check("online_endpoint", "1churn")
+    assert naming.endpoint_name("stage", None) == "churnservice-stage"
+
+
+def test_cloud_endpoints_can_be_overridden(write_config):
+    path = write_config(
+        MINIMAL + '\n[environments.dev.endpoints]\ngraph = "https://127.0.0.1:8443"\n'
+        '\n[environments.gov]\nprefix = "chrngov"\ncloud = "AzureUSGovernment"\nlocation = "usgovvirginia"\n'
+    )
+    envs = load_all(path)
+    assert envs["dev"].cloud.graph == "https://127.0.0.1:8443"
+    assert envs["dev"].cloud.authority_host == "https://login.microsoftonline.com"
+    assert envs["gov"].cloud.key_vault_resource == "https://vault.usgovcloudapi.net"
+    assert envs["gov"].terraform_environment == "usgovernment"
+
+
+BAD_CONFIGS = {
+    "unknown key": (MINIMAL + "colour = 'blue'\n", "environment 'dev' key 'colour': unknown key; expected one of"),
+    "unknown nested key": (
+        MINIMAL + "[environments.dev.gate]\nmin_acu = 0.9\n",
+        "environment 'dev' key 'gate.min_acu': unknown key; expected one of max_auc_drop, min_auc",
+    ),
+    "missing value": (
+        "[environments.dev]\nprefix = 'chrndev'\n",
+        "environment 'dev' key 'location': missing; expected a value here or in [defaults]",
+    ),
+    "prefix too long": (
+        MINIMAL.replace('"chrndev"', '"churndevelopment"'),
+        "environment 'dev' key 'prefix': 'churndevelopment' is invalid; expected 3-10 lowercase letters and digits",
+    ),
+    "invalid region": (
+        MINIMAL.replace("westeurope", "westeurop"),
+        "environment 'dev' key 'location': 'westeurop' is not an Azure region",
+    ),
+    "duplicate prefix": (
+        MINIMAL + "\n[environments.prod]\nprefix = 'chrndev'\n",
+        "environment 'prod' key 'prefix': 'chrndev' is already used by environment 'dev'",
+    ),
+    "owner role": (
+        MINIMAL + "role_assignments = [{ role = 'Owner', scope = 'resource_group' }]\n",
+        "environment 'dev' key 'role_assignments[0].role': 'Owner' can grant access",
+    ),
+    "wrong type": (
+        MINIMAL + "[environments.dev.gate]\nmin_auc = 'high'\n",
+        "environment 'dev' key 'gate.min_auc': 'high' is not of type 'number'",
+    ),
+    "unknown scope": (
+        MINIMAL + "role_assignments = [{ role = 'Reader', scope = 'subscription' }]\n",
+        "environment 'dev' key 'role_assignments.0.scope': 'subscription' is not one of",
+    ),
+    "not TOML": ("[environments.dev\n", "is not valid TOML"),
+    "no environments": ("[defaults]\nlocation = 'westeurope'\n", "key 'environments': missing"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
+def test_bad_config_is_one_clear_error(write_config, case):
+    text, expected = BAD_CONFIGS[case]
+    with pytest.raises(ConfigError) as caught:
+        load_all(write_config(text))
+    assert expected in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_missing_config_file_names_the_path(tmp_path):
+    with pytest.raises(ConfigError, match=r"nope\.toml not found; expected the environments file"):
+        load_all(tmp_path / "nope.toml")
+
+
+def test_cli_exits_2_with_one_line_and_no_traceback(write_config, capsys):
+    path = write_config(MINIMAL.replace("westeurope", "atlantis"))
+    assert deploy_main(["status", "--env", "dev", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == (
+        "config error: environment 'dev' key 'location': 'atlantis' is not an Azure region; "
+        "expected a name like westeurope"
+    )
+
+
+def test_cli_unknown_environment(capsys):
+    assert deploy_main(["status", "--env", "staging", "--config", str(SHIPPED_CONFIG)]) == 2
+    assert "environment 'staging': no such environment; expected one of dev, local, prod" in capsys.readouterr().err
+
+
+def test_synthesis_stops_on_bad_config_with_exit_2(write_config):
+    """`cdktn synth` runs main.py; a bad config must stop it before any provider import."""
+    path = write_config(MINIMAL.replace('"chrndev"', '"Chrn-Dev"'))
+    result = subprocess.run(
+        [sys.executable, "main.py"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
+        env={"CHURN_CONFIG": str(path), "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "config error: environment 'dev' key 'prefix': 'Chrn-Dev' is invalid; "
+        "expected 3-10 lowercase letters and digits, starting with a letter"
+    ]
