@@ -1,0 +1,149 @@
+"""`make bench`: medians of the operations people wait for, each run as a fresh process.
+
+- synthesis of every Azure environment (`python main.py`), wall time and peak memory of the
+  whole process tree (Python + the jsii node process), and how it grows per added environment;
+- `python -m deploy --help` (CLI start-up);
+- local training of one build on 10,000 synthetic rows, MLflow logging included;
+- local `release --to stage` then `--to prod` of one build.
+
+Results print as a Markdown table (paste it into the README) and go to bench-results/latest.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = ROOT / "config" / "environments.toml"
+PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def tree_rss_kb(root_pid: int) -> int:
+    """Resident memory of a process and all its descendants, from /proc."""
+    parents: dict[int, int] = {}
+    rss: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            statm = (entry / "statm").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        parents[int(entry.name)] = int(fields[1])
+        rss[int(entry.name)] = int(statm.split()[1]) * PAGE_KB
+    total, frontier = 0, [root_pid]
+    while frontier:
+        pid = frontier.pop()
+        total += rss.get(pid, 0)
+        frontier.extend(child for child, parent in parents.items() if parent == pid)
+    return total
+
+
+def measure(command: list[str], env: dict[str, str] | None = None) -> tuple[float, int]:
+    """Wall seconds and peak tree RSS (KiB) of one run; fails loudly if the command fails."""
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        command, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    peak = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.wait(0.05):
+            peak = max(peak, tree_rss_kb(process.pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    _, stderr = process.communicate()
+    elapsed = time.perf_counter() - started
+    done.set()
+    sampler.join()
+    if process.returncode != 0:
+        raise SystemExit(f"bench: {' '.join(command)} failed ({process.returncode}):\n{stderr.decode()[-2000:]}")
+    return elapsed, peak
+
+
+def median_of(runs: int, command: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
+    samples = [measure(command, env) for _ in range(runs)]
+    return {
+        "median_s": round(statistics.median(s for s, _ in samples), 3),
+        "peak_mb": round(max(kb for _, kb in samples) / 1024),
+        "runs": runs,
+    }
+
+
+def config_with_extra_envs(folder: Path, extra: int, state_dir: Path) -> Path:
+    """The shipped environments plus `extra` copies of dev, to see what one more stack costs."""
+    text = CONFIG.read_text().replace('state_dir = ".state/local"', f'state_dir = "{state_dir}"')
+    text += "".join(f'\n[environments.extra{i}]\nprefix = "chrnx{i}"\npurge_protection = false\n' for i in range(extra))
+    path = folder / f"environments-{extra}.toml"
+    path.write_text(text)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5, help="runs per quick measurement (default 5)")
+    parser.add_argument("--slow-runs", type=int, default=3, help="runs of training and release (default 3)")
+    options = parser.parse_args()
+    python = sys.executable
+    results: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="churn-bench-") as scratch:
+        folder = Path(scratch)
+        state = folder / "state"
+        out = {"CDKTF_OUTDIR": str(folder / "cdktf.out")}
+
+        for extra in (0, 2):
+            cfg = config_with_extra_envs(folder, extra, state)
+            label = f"synth {2 + extra} environments"
+            results[label] = median_of(options.runs, [python, "main.py"], {**out, "CHURN_CONFIG": str(cfg)})
+            print(f"{label}: {results[label]}", file=sys.stderr)
+
+        results["python -m deploy --help"] = median_of(options.runs * 2, [python, "-m", "deploy", "--help"])
+        print(f"--help: {results['python -m deploy --help']}", file=sys.stderr)
+
+        cfg = str(config_with_extra_envs(folder, 0, state))
+        cli = [python, "-m", "deploy"]
+        train_times, release_times = [], []
+        try:
+            for run in range(options.slow_runs):
+                build = f"bench.{run}"
+                train_times.append(measure([*cli, "train", "--env", "local", "--config", cfg, "--build", build])[0])
+                started = time.perf_counter()
+                for slot in ("stage", "prod"):
+                    measure([*cli, "release", "--env", "local", "--config", cfg, "--to", slot, "--build", build])
+                release_times.append(time.perf_counter() - started)
+        finally:
+            subprocess.run([*cli, "down", "--env", "local", "--config", cfg], cwd=ROOT, check=False)
+        results["local train, 10,000 rows"] = {
+            "median_s": round(statistics.median(train_times), 3), "runs": len(train_times)
+        }
+        results["local release stage + prod"] = {
+            "median_s": round(statistics.median(release_times), 3), "runs": len(release_times)
+        }
+
+    growth = results["synth 4 environments"]["median_s"] - results["synth 2 environments"]["median_s"]
+    results["synth cost per added environment"] = {"median_s": round(growth / 2, 3), "runs": options.runs}
+    (ROOT / "bench-results").mkdir(exist_ok=True)
+    (ROOT / "bench-results" / "latest.json").write_text(json.dumps(results, indent=2))
+    print(f"\nMedians on this machine ({os.cpu_count()} cores):\n")
+    print("| operation | median | peak memory | runs |\n|---|---|---|---|")
+    for label, figures in results.items():
+        memory = f"{figures['peak_mb']:.0f} MB" if "peak_mb" in figures else "-"
+        print(f"| {label} | {figures['median_s']:.2f} s | {memory} | {figures['runs']} |")
+
+
+if __name__ == "__main__":
+    main()
