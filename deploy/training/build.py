@@ -1,0 +1,222 @@
+"""Train one build and log it: the code path shared by `train --env local` and the Databricks notebook.
+
+One call reads and checks the churn table, splits it, writes the build's audit trail
+(`runs/<build>/train.csv` and `test.csv`), searches the model, and logs one MLflow run in the
+experiment `automl-churn` tagged with the build, with metrics, the model and a ROC curve.
+A build that already has a finished run is reported, not retrained, unless `force` is given.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from config import EnvConfig
+from deploy import contract, tracking
+from deploy.errors import UsageError
+from deploy.outputs import StackOutputs
+from deploy.report import progress
+from deploy.training import model, schema, storage, synthetic
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from azure.core.credentials import TokenCredential
+
+# Build ids end up in folder names and MLflow filters, so they stay plain: Azure DevOps build
+# numbers (20261126.3), uuids and names like demo-20261126.101500 all fit.
+BUILD_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+BUILD_ID_EXPECTED = "1-100 letters, digits, '.', '_' or '-', starting with a letter or digit"
+MAX_SOURCE_LENGTH = 500
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_id: str
+    build: str
+    source: str
+    experiment: str
+    metrics: dict[str, float]
+    train_data: str = ""
+    test_data: str = ""
+    reused: bool = False  # True when the build already had a finished run and nothing was trained
+    params: dict[str, str] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_build(build: str, source: str) -> None:
+    """UsageError unless `build` and `source` are safe to use as a folder name and a tag."""
+    if not BUILD_ID.match(build):
+        raise UsageError(f"build id {build!r} is invalid; expected {BUILD_ID_EXPECTED}")
+    if not source or len(source) > MAX_SOURCE_LENGTH:
+        raise UsageError(f"build source must be 1-{MAX_SOURCE_LENGTH} characters, e.g. repo@commit or manual")
+
+
+def train_build(
+    env: EnvConfig,
+    build: str,
+    source: str,
+    data_csv: Path | None = None,
+    outputs: StackOutputs | None = None,
+    *,
+    force: bool = False,
+    credential: TokenCredential | None = None,
+) -> TrainResult:
+    """Train `build` in `env` and log its run; return the run (or the build's existing finished run).
+
+    `data_csv` replaces the environment's churn table (local only). On Azure, `credential` reads
+    and writes the data container (default: the environment's azure-identity chain).
+    """
+    check_build(build, source)
+    if data_csv is not None and not env.is_local:
+        raise UsageError(f"--data is for the local environment only; '{env.name}' reads its data container")
+    tracking.use_environment(env, outputs)
+    experiment_id = tracking.ensure_experiment(env)
+    if not force:
+        existing = find_finished_run(experiment_id, build)
+        if existing is not None:
+            progress(f"build {build} already has finished run {existing.run_id}; reporting it (--force retrains)")
+            return existing
+
+    root = tracking.data_root(env, outputs)
+    if not env.is_local and credential is None:
+        from deploy.azure_auth import credential as env_credential
+
+        credential = env_credential(env)
+    frame, source_location = _read_source(env, root, data_csv, credential)
+    seed = model.RANDOM_SEED
+    parts = model.split(frame, seed)
+    train_location = storage.join(root, contract.audit_path(build, "train"))
+    test_location = storage.join(root, contract.audit_path(build, "test"))
+    storage.write_text(train_location, parts.train.to_csv(index=False), credential)
+    storage.write_text(test_location, parts.test.to_csv(index=False), credential)
+    progress(f"wrote the audit trail: {train_location} ({len(parts.train)} rows), {test_location} ({len(parts.test)})")
+    return _train_and_log(experiment_id, build, source, parts, seed, source_location, train_location, test_location)
+
+
+def find_finished_run(experiment_id: str, build: str) -> TrainResult | None:
+    """The newest finished run tagged with `build`, if any."""
+    import mlflow
+
+    runs = mlflow.search_runs(
+        experiment_ids=[experiment_id],
+        filter_string=f"tags.{contract.TAG_BUILD} = '{build}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="list",
+    )
+    if not runs:
+        return None
+    run = runs[0]
+    return TrainResult(
+        run_id=run.info.run_id,
+        build=build,
+        source=run.data.tags.get(contract.TAG_SOURCE, ""),
+        experiment=contract.EXPERIMENT,
+        metrics={name: run.data.metrics[name] for name in sorted(run.data.metrics)},
+        train_data=run.data.params.get("train_data", ""),
+        test_data=run.data.params.get("test_data", ""),
+        reused=True,
+        params=dict(run.data.params),
+    )
+
+
+def _read_source(
+    env: EnvConfig, root: str, data_csv: Path | None, credential: TokenCredential | None
+) -> tuple[pd.DataFrame, str]:
+    location = str(data_csv) if data_csv is not None else storage.join(root, contract.SOURCE_DATA_PATH)
+    if env.is_local and data_csv is None and synthetic.write_if_missing(Path(location)):
+        progress(f"wrote {synthetic.DEFAULT_ROWS} rows of synthetic churn data to {location}")
+    try:
+        text = storage.read_text(location, credential)
+    except FileNotFoundError:
+        raise UsageError(f"churn data {location} not found; expected the churn table Churn_Modelling.csv") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"churn data {location} is not UTF-8 text; expected a CSV file") from None
+    frame = schema.read_churn_csv(location, text)
+    progress(f"read {len(frame)} customers from {location}")
+    return frame, location
+
+
+def _train_and_log(
+    experiment_id: str,
+    build: str,
+    source: str,
+    parts: model.Split,
+    seed: int,
+    source_location: str,
+    train_location: str,
+    test_location: str,
+) -> TrainResult:
+    import mlflow
+
+    # Databricks ML runtimes autolog every fit; this run logs explicitly, and the search's fits
+    # would otherwise each become a nested run.
+    mlflow.autolog(disable=True)
+    tags = {contract.TAG_BUILD: build, contract.TAG_SOURCE: source}
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"build-{build}", tags=tags) as run:
+        started = time.monotonic()
+        found = model.search(parts.train, seed)
+        progress(f"searched {found.candidates} candidates in {time.monotonic() - started:.1f}s: {found.best_params}")
+        metrics = model.evaluate(found.model, parts.test)
+        params = {
+            "random_seed": seed,
+            "test_size": model.TEST_SIZE,
+            "search_folds": model.SEARCH_FOLDS,
+            "search_candidates": found.candidates,
+            "model": "HistGradientBoostingClassifier",
+            **found.best_params,
+            "source_data": source_location,
+            "train_data": train_location,
+            "test_data": test_location,
+            "train_rows": len(parts.train),
+            "test_rows": len(parts.test),
+        }
+        mlflow.log_params(params)
+        mlflow.log_metrics({**metrics, "search_cv_auc": found.cv_auc})
+        figure = model.roc_figure(found.model, parts.test, f"churn build {build}")
+        mlflow.log_figure(figure, "roc_curve.png")
+        _log_model(found.model, parts)
+        scores = ", ".join(f"{name} {value:.3f}" for name, value in metrics.items())
+        progress(f"logged run {run.info.run_id}: {scores}")
+    return TrainResult(
+        run_id=run.info.run_id,
+        build=build,
+        source=source,
+        experiment=contract.EXPERIMENT,
+        metrics=metrics,
+        train_data=train_location,
+        test_data=test_location,
+        params={name: str(value) for name, value in params.items()},
+    )
+
+
+def _log_model(fitted: Any, parts: model.Split) -> None:
+    import mlflow
+    from mlflow.models import infer_signature
+
+    features = parts.train[list(contract.FEATURES)]
+    # Numbers are declared as doubles: integer inputs still pass (MLflow widens them), and a
+    # client that sends 42.0 for Age, or a missing value, is not refused by schema enforcement.
+    numbers = list(contract.NUMERIC_FEATURES)
+    features = features.astype(dict.fromkeys(numbers, "float64"))
+    mlflow.sklearn.log_model(
+        fitted,
+        name=contract.MODEL_ARTIFACT_PATH,
+        signature=infer_signature(features, fitted.predict(features)),
+        input_example=features.head(5),
+        # Explicit: inferring them runs a subprocess that costs ~7 s.
+        pip_requirements=model_requirements(),
+        skops_trusted_types=list(model.SKOPS_TRUSTED_TYPES),
+    )
+
+
+def model_requirements() -> list[str]:
+    """The packages that load and serve the model, pinned to the versions that trained it."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in ("mlflow", "scikit-learn", "skops", "pandas", "numpy", "scipy")]
