@@ -1,0 +1,1 @@
+"""The CDK Terrain constructs of one environment's platform stack, one module per concern."""

@@ -1,0 +1,210 @@
+"""Azure Databricks: the premium workspace, the secret scope on the environment's vault, the project code
+uploaded into the workspace, and the `train` and `deploy` jobs that run the notebooks.
+
+The databricks provider talks to the workspace it is created with, through Entra ID (the workspace's
+Azure resource id plus whatever Azure login runs Terraform); no personal access token exists anywhere.
+The workspace holds a copy of the repository layout under /Shared/churn-mlops, so the notebooks import
+`config` and `deploy` exactly as they do locally, and read this environment's stack outputs from
+outputs/churn-<env>.json with the same `load_outputs` the CLI uses.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+from cdktn import Fn, TerraformLocal
+from cdktn_provider_azurerm.databricks_workspace import DatabricksWorkspace
+from cdktn_provider_azurerm.key_vault import KeyVault
+from cdktn_provider_azurerm.resource_group import ResourceGroup
+from cdktn_provider_databricks.data_databricks_node_type import DataDatabricksNodeType
+from cdktn_provider_databricks.data_databricks_spark_version import DataDatabricksSparkVersion
+from cdktn_provider_databricks.directory import Directory
+from cdktn_provider_databricks.job import (
+    Job,
+    JobJobCluster,
+    JobJobClusterNewCluster,
+    JobRunAs,
+    JobTask,
+    JobTaskLibrary,
+    JobTaskLibraryPypi,
+    JobTaskNotebookTask,
+)
+from cdktn_provider_databricks.notebook import Notebook
+from cdktn_provider_databricks.permissions import Permissions, PermissionsAccessControl
+from cdktn_provider_databricks.provider import DatabricksProvider
+from cdktn_provider_databricks.secret_acl import SecretAcl
+from cdktn_provider_databricks.secret_scope import SecretScope, SecretScopeKeyvaultMetadata
+from cdktn_provider_databricks.service_principal import ServicePrincipal
+from cdktn_provider_databricks.workspace_file import WorkspaceFile
+from constructs import Construct
+
+from config import EnvConfig
+
+WORKSPACE_ROOT = "/Shared/churn-mlops"
+# The scope notebooks read the automation identity's secret from: dbutils.secrets.get(SECRET_SCOPE, <secret name>).
+SECRET_SCOPE = "churn"  # noqa: S105 - a scope name, not a secret
+NOTEBOOKS = ("train_churn", "deploy_churn")
+PROJECT_PACKAGES = ("config", "deploy")
+PROJECT_DATA_FILES = ("config/environments.toml", "config/schema.json")
+# What the notebooks import beyond the Databricks ML runtime, pinned to the versions in Pipfile.lock.
+TRAIN_LIBRARIES = ("azureml-mlflow", "azure-identity", "azure-storage-file-datalake")
+DEPLOY_LIBRARIES = ("azureml-mlflow", "azure-identity", "azure-ai-ml")
+JOB_CLUSTER = "single_node"
+
+
+class MissingSource(Exception):
+    """A file the workspace upload needs is not in the repository; main.py prints it as one line."""
+
+
+class DatabricksPlatform(Construct):
+    def __init__(
+        self, scope: Construct, id_: str, *, env: EnvConfig, resource_group: ResourceGroup, vault: KeyVault,
+        automation_client_id: str, source_root: Path, after: list[Construct],
+    ):
+        """`after`: what must exist before the secret scope works (the vault's role assignment for Databricks)."""
+        super().__init__(scope, id_)
+        self._env = env
+        self._source_root = source_root
+        self.workspace = DatabricksWorkspace(
+            self, "workspace", name=env.names.databricks_workspace, resource_group_name=resource_group.name,
+            location=resource_group.location, sku="premium",
+            managed_resource_group_name=env.names.databricks_managed_resource_group,
+            infrastructure_encryption_enabled=True, tags=env.tags,
+        )
+        self.host = TerraformLocal(self, "host", f"https://{self.workspace.workspace_url}").as_string
+        self.provider = DatabricksProvider(
+            self, "provider", host=self.host, azure_workspace_resource_id=self.workspace.id,
+        )
+        self.scope = SecretScope(
+            self, "secret_scope", name=SECRET_SCOPE, backend_type="AZURE_KEYVAULT",
+            keyvault_metadata=SecretScopeKeyvaultMetadata(resource_id=vault.id, dns_name=vault.vault_uri),
+            depends_on=after,
+        )
+        # The automation identity becomes a workspace principal, so jobs can run as it and it can read the scope.
+        self.automation = ServicePrincipal(
+            self, "automation", application_id=automation_client_id, display_name=env.names.automation_app,
+        )
+        self.automation_id = self.automation.application_id
+        SecretAcl(
+            self, "automation_reads_scope", scope=self.scope.name, principal=self.automation_id, permission="READ"
+        )
+        self._upload_project()
+        # Looked up once the workspace exists: on the first deploy these data sources wait for it.
+        self.runtime = DataDatabricksSparkVersion(
+            self, "lts_ml_runtime", long_term_support=True, ml=True, depends_on=[self.workspace]
+        )
+        self.node_type = DataDatabricksNodeType(self, "smallest_node", local_disk=True, depends_on=[self.workspace])
+        self._locked = locked_versions(source_root)
+        self.train_job = self._job(
+            "train", {"env": env.name, "buildNumber": "", "buildSource": ""}, TRAIN_LIBRARIES
+        )
+        self.deploy_job = self._job(
+            "deploy", {"env": env.name, "buildNumber": "", "deployType": "Stage"}, DEPLOY_LIBRARIES
+        )
+
+    def publish_outputs(self, outputs: Mapping[str, str]) -> None:
+        """Write the stack outputs into the workspace as `outputs/churn-<env>.json`, the CLI's file format."""
+        stack = self._env.stack_name
+        self._file_from_content(f"outputs/{stack}.json", Fn.base64encode(Fn.jsonencode({stack: dict(outputs)})))
+
+    def _upload_project(self) -> None:
+        self.directory = Directory(self, "project_directory", path=WORKSPACE_ROOT)
+        self.notebooks = {
+            name: Notebook(
+                self, f"notebook_{name}", path=f"{WORKSPACE_ROOT}/notebooks/{name}", language="PYTHON",
+                content_base64=self._read_base64(f"notebooks/{name}.py"), depends_on=[self.directory],
+            )
+            for name in NOTEBOOKS
+        }
+        for relative in project_files(self._source_root):
+            self._file_from_content(relative, self._read_base64(relative))
+        # The jobs run as the automation identity, which must be able to read what they execute.
+        Permissions(
+            self, "project_directory_access", directory_path=self.directory.path,
+            access_control=[
+                PermissionsAccessControl(service_principal_name=self.automation_id, permission_level="CAN_READ")
+            ],
+        )
+
+    def _file_from_content(self, relative: str, content_base64: str) -> None:
+        WorkspaceFile(
+            self, "file_" + re.sub(r"[^A-Za-z0-9]+", "_", relative), path=f"{WORKSPACE_ROOT}/{relative}",
+            content_base64=content_base64, depends_on=[self.directory],
+        )
+
+    def _read_base64(self, relative: str) -> str:
+        path = self._source_root / relative
+        try:
+            return base64.b64encode(path.read_bytes()).decode("ascii")
+        except FileNotFoundError:
+            raise MissingSource(f"{path} not found; expected it in the repository (the workspace upload)") from None
+
+    def _job(self, key: str, parameters: dict[str, str], libraries: tuple[str, ...]) -> Job:
+        job = Job(
+            self,
+            f"{key}_job",
+            name=f"churn-{key}",
+            job_cluster=[
+                JobJobCluster(
+                    job_cluster_key=JOB_CLUSTER,
+                    new_cluster=JobJobClusterNewCluster(
+                        spark_version=self.runtime.id, node_type_id=self.node_type.id, num_workers=0,
+                        data_security_mode="SINGLE_USER",
+                        spark_conf={"spark.databricks.cluster.profile": "singleNode", "spark.master": "local[*]"},
+                        custom_tags={"ResourceClass": "SingleNode"},
+                    ),
+                )
+            ],
+            task=[
+                JobTask(
+                    task_key=key,
+                    job_cluster_key=JOB_CLUSTER,
+                    notebook_task=JobTaskNotebookTask(
+                        notebook_path=self.notebooks[f"{key}_churn"].path, base_parameters=parameters,
+                        source="WORKSPACE",
+                    ),
+                    library=[
+                        JobTaskLibrary(pypi=JobTaskLibraryPypi(package=f"{name}{self._locked.get(name, '')}"))
+                        for name in libraries
+                    ],
+                )
+            ],
+            run_as=JobRunAs(service_principal_name=self.automation_id),
+            timeout_seconds=self._env.training.job_timeout_minutes * 60,
+            # One run at a time: a second trigger of the same build queues behind the first instead of
+            # racing it for the same runs/<build>/ audit files and MLflow tags.
+            max_concurrent_runs=1,
+            tags=self._env.tags,
+        )
+        Permissions(
+            self, f"{key}_job_access", job_id=job.id,
+            access_control=[
+                PermissionsAccessControl(service_principal_name=self.automation_id, permission_level="CAN_MANAGE_RUN")
+            ],
+        )
+        return job
+
+
+def project_files(source_root: Path) -> list[str]:
+    """The project code the notebooks import, as sorted POSIX paths relative to `source_root`."""
+    found = {
+        path.relative_to(source_root).as_posix()
+        for package in PROJECT_PACKAGES
+        for path in (source_root / package).rglob("*.py")
+        if "__pycache__" not in path.parts
+    }
+    return sorted(found | set(PROJECT_DATA_FILES))
+
+
+def locked_versions(source_root: Path) -> dict[str, str]:
+    """Package name -> version specifier (e.g. '==1.60.0') from Pipfile.lock, so jobs install what tests ran with."""
+    lock_path = source_root / "Pipfile.lock"
+    try:
+        lock = json.loads(lock_path.read_text())
+    except FileNotFoundError:
+        raise MissingSource(f"{lock_path} not found; expected the committed Pipfile.lock") from None
+    return {name: spec.get("version", "") for name, spec in lock.get("default", {}).items()}

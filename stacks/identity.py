@@ -1,0 +1,69 @@
+"""The automation identity: the Entra ID application and service principal notebooks and pipelines run as.
+
+Terraform creates no password for it: `python -m deploy rotate-secret` owns its credentials, so no
+client secret ever lands in Terraform state. The deploying principal owns the application, which is
+what lets rotation work with only Graph `Application.ReadWrite.OwnedBy`. An Azure DevOps
+workload-identity service connection can sign in through an optional federated credential.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+from cdktn_provider_azuread.application import Application
+from cdktn_provider_azuread.application_federated_identity_credential import ApplicationFederatedIdentityCredential
+from cdktn_provider_azuread.service_principal import ServicePrincipal
+from cdktn_provider_azurerm.role_assignment import RoleAssignment
+from constructs import Construct
+
+from config import ConfigError, EnvConfig
+
+# The audience Entra ID expects in tokens exchanged through workload identity federation.
+FEDERATION_AUDIENCE = "api://AzureADTokenExchange"
+
+
+class AutomationIdentity(Construct):
+    def __init__(self, scope: Construct, id_: str, *, env: EnvConfig, owner_object_id: str):
+        super().__init__(scope, id_)
+        self._env = env
+        self.application = Application(
+            self, "application", display_name=env.names.automation_app, owners=[owner_object_id],
+            sign_in_audience="AzureADMyOrg", prevent_duplicate_names=True,
+        )
+        self.service_principal = ServicePrincipal(
+            self, "service_principal", client_id=self.application.client_id, owners=[owner_object_id],
+        )
+        self.federated_credential = None
+        if env.federation:
+            self.federated_credential = ApplicationFederatedIdentityCredential(
+                self, "azure_devops", application_id=self.application.id, display_name=f"{env.stack_name}-azure-devops",
+                description="Azure DevOps workload-identity service connection", audiences=[FEDERATION_AUDIENCE],
+                issuer=env.federation.issuer, subject=env.federation.subject,
+            )
+
+    @property
+    def client_id(self) -> str:
+        return self.application.client_id
+
+    def assign_roles(self, scopes: Mapping[str, str]) -> list[RoleAssignment]:
+        """One role assignment per configured entry, its symbolic scope resolved to a resource id in `scopes`."""
+        assignments: list[RoleAssignment] = []
+        seen: set[str] = set()
+        for index, wanted in enumerate(self._env.role_assignments):
+            # The logical id names role and scope, not the position, so reordering the config changes nothing.
+            logical_id = f"role_{wanted.scope}_{re.sub(r'[^a-z0-9]+', '_', wanted.role.lower()).strip('_')}"
+            if logical_id in seen:
+                raise ConfigError(
+                    self._env.name, f"role_assignments[{index}]",
+                    f"'{wanted.role}' on '{wanted.scope}' is listed twice; expected each role and scope once",
+                )
+            seen.add(logical_id)
+            assignments.append(
+                RoleAssignment(
+                    self, logical_id, scope=scopes[wanted.scope], role_definition_name=wanted.role,
+                    principal_id=self.service_principal.object_id, principal_type="ServicePrincipal",
+                    description=f"churn automation identity ({self._env.name}), from config/environments.toml",
+                )
+            )
+        return assignments

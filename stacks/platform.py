@@ -1,0 +1,112 @@
+"""One environment's stack, `churn-<env>`: providers, state backend, resource group, the constructs of
+every area, and the outputs the deploy module reads (deploy/outputs.py names them).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cdktn import AzurermBackend, TerraformOutput, TerraformStack
+from cdktn_provider_azuread.provider import AzureadProvider
+from cdktn_provider_azurerm.data_azurerm_client_config import DataAzurermClientConfig
+from cdktn_provider_azurerm.provider import (
+    AzurermProvider,
+    AzurermProviderFeatures,
+    AzurermProviderFeaturesKeyVault,
+)
+from cdktn_provider_azurerm.resource_group import ResourceGroup
+from constructs import Construct
+
+from config import PROJECT_ROOT, EnvConfig
+from stacks.databricks import DatabricksPlatform
+from stacks.identity import AutomationIdentity
+from stacks.ml_workspace import MachineLearning
+from stacks.secrets import SecretStore
+from stacks.storage import ChurnDataStorage
+
+# Outputs that only exist once the jobs do; the copy of the outputs inside the workspace omits nothing else.
+JOB_OUTPUTS = ("train_job_id", "deploy_job_id")
+
+
+class ChurnPlatformStack(TerraformStack):
+    def __init__(self, scope: Construct, env: EnvConfig, *, source_root: Path = PROJECT_ROOT):
+        """`source_root`: the repository whose notebooks and project code are uploaded to Databricks."""
+        super().__init__(scope, env.stack_name)
+        self._configure_terraform(env)
+        client = DataAzurermClientConfig(self, "client")  # the deploying principal
+        resource_group = ResourceGroup(
+            self, "group", name=env.names.resource_group, location=env.location, tags=env.tags
+        )
+        identity = AutomationIdentity(self, "automation", env=env, owner_object_id=client.object_id)
+        ml = MachineLearning(self, "ml", env=env, resource_group=resource_group, tenant_id=client.tenant_id)
+        logs = ml.log_analytics.id
+        secrets = SecretStore(
+            self, "secrets", env=env, resource_group=resource_group, client=client, log_analytics_id=logs
+        )
+        data = ChurnDataStorage(self, "data", env=env, resource_group=resource_group, log_analytics_id=logs)
+        identity.assign_roles(
+            {
+                "resource_group": resource_group.id,
+                "ml_workspace": ml.workspace.id,
+                "key_vault": secrets.vault.id,
+                "data_account": data.account.id,
+                "data_container": data.container.id,
+            }
+        )
+        databricks = DatabricksPlatform(
+            self, "databricks", env=env, resource_group=resource_group, vault=secrets.vault,
+            automation_client_id=identity.client_id, source_root=source_root, after=[secrets.databricks_access],
+        )
+        outputs = {
+            "subscription_id": client.subscription_id,
+            "tenant_id": client.tenant_id,
+            "resource_group": resource_group.name,
+            "location": resource_group.location,
+            "ml_workspace_name": ml.workspace.name,
+            "mlflow_tracking_uri": ml.mlflow_tracking_uri,
+            "databricks_host": databricks.host,
+            "databricks_workspace_id": databricks.workspace.id,
+            "key_vault_uri": secrets.vault.vault_uri,
+            "client_secret_name": env.secret.name,
+            "automation_client_id": identity.client_id,
+            "automation_application_object_id": identity.application.object_id,
+            "data_account": data.account.name,
+            "data_container": data.container.name,
+            "train_job_id": databricks.train_job.id,
+            "deploy_job_id": databricks.deploy_job.id,
+        }
+        for name, value in outputs.items():
+            TerraformOutput(self, name, value=value)
+        databricks.publish_outputs(outputs)
+
+    def _configure_terraform(self, env: EnvConfig) -> None:
+        AzurermProvider(
+            self,
+            "azurerm",
+            features=[
+                AzurermProviderFeatures(
+                    key_vault=[
+                        AzurermProviderFeaturesKeyVault(
+                            # A purge-protected vault cannot be purged; dev's can, so its name is free again.
+                            purge_soft_delete_on_destroy=not env.purge_protection,
+                            recover_soft_deleted_key_vaults=True,
+                        )
+                    ]
+                )
+            ],
+            subscription_id=env.subscription_id,  # unset: ARM_SUBSCRIPTION_ID at plan time
+            environment=env.terraform_environment,
+            storage_use_azuread=True,  # the accounts have shared keys off
+        )
+        AzureadProvider(self, "azuread", environment=env.terraform_environment)
+        if env.state_backend:
+            AzurermBackend(
+                self,
+                resource_group_name=env.state_backend.resource_group,
+                storage_account_name=env.state_backend.storage_account,
+                container_name=env.state_backend.container,
+                key=f"{env.stack_name}.tfstate",
+                use_azuread_auth=True,
+                subscription_id=env.subscription_id,
+                environment=env.terraform_environment,
+            )
