@@ -106,6 +106,7 @@ class FakeAzure:
         self.write_lands_then_fails = False  # setSecret stores the version, then answers with an error
         self.requests: list[tuple[str, str]] = []
         self.issued_secrets: list[str] = []  # every secret text this fake ever handed out
+        self.token_attempts: list[tuple[str, bool]] = []  # (client id, accepted)
         self._tokens: dict[str, tuple[str, str]] = {}  # token -> (client id, audience)
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -120,7 +121,7 @@ class FakeAzure:
         server.socket = context.wrap_socket(server.socket, server_side=True)
         self._server = server
         self.base_url = f"https://127.0.0.1:{server.server_address[1]}"
-        self._thread = threading.Thread(target=server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
         return self
 
@@ -199,7 +200,9 @@ class FakeAzure:
 
     def _token(self, form: dict[str, list[str]]) -> tuple[int, Any, dict]:
         client_id = form.get("client_id", [""])[0]
-        if not self.accepts(client_id, form.get("client_secret", [""])[0]):
+        accepted = self.accepts(client_id, form.get("client_secret", [""])[0])
+        self.token_attempts.append((client_id, accepted))
+        if not accepted:
             return 401, {"error": "invalid_client", "error_description": "AADSTS7000215: Invalid client secret."}, {}
         audience = form.get("scope", [""])[0].removesuffix("/.default")
         oid = self.principal_id if client_id == self.client_id else "admin-object-id"
