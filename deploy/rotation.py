@@ -184,6 +184,8 @@ class Outcome:
 
     def as_dict(self) -> dict[str, Any]:
         document = {key: value for key, value in self.__dict__.items() if not key.startswith("_")}
+        # a list, so the steps keep their order in JSON written with sorted keys
+        document["steps"] = [{"step": step, **info} for step, info in self.steps.items()]
         return {"command": "rotate-secret", "ok": self.ok, **document}
 
 
