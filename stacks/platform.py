@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cdktn import AzurermBackend, TerraformOutput, TerraformStack
+from cdktn import AzurermBackend, LocalBackend, TerraformOutput, TerraformStack
 from cdktn_provider_azuread.provider import AzureadProvider
 from cdktn_provider_azurerm.data_azurerm_client_config import DataAzurermClientConfig
 from cdktn_provider_azurerm.provider import (
@@ -110,3 +110,5 @@ class ChurnPlatformStack(TerraformStack):
                 subscription_id=env.subscription_id,
                 environment=env.terraform_environment,
             )
+        else:
+            LocalBackend(self)  # terraform.churn-<env>.tfstate beside cdktf.json, cdktn's default place

@@ -1,0 +1,609 @@
+"""Synthesis tests of the platform stacks: every resource exists and is wired to this environment's others.
+
+Each environment is synthesized once per module (synthesis costs about a second, the provider imports
+several more). Besides the shipped dev and prod, a "custom" dev environment turns on every optional
+feature: federation, an azurerm state backend, a subscription id, every symbolic role scope and a
+non-default job timeout. Terraform itself cannot run here (no provider downloads), so these tests check
+the synthesized JSON, the contract Terraform would receive.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from config import ConfigError, load_all, load_environment
+from deploy.outputs import OUTPUT_NAMES
+from tests.conftest import PROJECT_ROOT, SHIPPED_CONFIG
+
+pytest.importorskip("cdktn")
+from cdktn import Testing as CdkTesting
+
+from stacks import summary
+from stacks.databricks import (
+    NOTEBOOKS,
+    SECRET_SCOPE,
+    WORKSPACE_ROOT,
+    MissingSource,
+    project_files,
+)
+from stacks.platform import ChurnPlatformStack
+from stacks.secrets import AZURE_DATABRICKS_APP_ID
+
+CUSTOM_DEV = """
+subscription_id = "00000000-0000-0000-0000-00000000abcd"
+role_assignments = [
+  { role = "Contributor", scope = "resource_group" },
+  { role = "AzureML Data Scientist", scope = "ml_workspace" },
+  { role = "Key Vault Secrets User", scope = "key_vault" },
+  { role = "Storage Blob Data Reader", scope = "data_account" },
+  { role = "Storage Blob Data Contributor", scope = "data_container" },
+]
+federation = { issuer = "https://vstoken.dev.azure.com/0000-org", subject = "sc://contoso/churn/churn-dev" }
+state_backend = { resource_group = "rg-tfstate", storage_account = "sttfstate001", container = "tfstate" }
+
+[environments.dev.training]
+job_timeout_minutes = 45
+"""
+SCOPE_TYPES = {
+    "resource_group": "azurerm_resource_group",
+    "ml_workspace": "azurerm_machine_learning_workspace",
+    "key_vault": "azurerm_key_vault",
+    "data_account": "azurerm_storage_account",
+    "data_container": "azurerm_storage_container",
+}
+GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
+
+
+# --- fixtures -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def source_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The repository, or, while the notebooks are still missing, a throw-away copy with stand-in notebooks."""
+    if all((PROJECT_ROOT / "notebooks" / f"{name}.py").exists() for name in NOTEBOOKS):
+        return PROJECT_ROOT
+    root = tmp_path_factory.mktemp("source")
+    for entry in ("config", "deploy", "Pipfile.lock"):
+        (root / entry).symlink_to(PROJECT_ROOT / entry)
+    (root / "notebooks").mkdir()
+    for name in NOTEBOOKS:
+        (root / "notebooks" / f"{name}.py").write_text(f"# Databricks notebook source\nprint('{name}')\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def custom_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    text = SHIPPED_CONFIG.read_text()
+    anchor = "purge_protection = false"
+    line_end = text.index("\n", text.index(anchor))
+    path = tmp_path_factory.mktemp("config") / "environments.toml"
+    path.write_text(text[:line_end + 1] + CUSTOM_DEV + text[line_end + 1:])
+    return path
+
+
+@pytest.fixture(scope="module")
+def synthesized(source_root: Path, custom_config: Path) -> dict[str, tuple[Any, str]]:
+    """{"dev" | "prod" | "custom": (EnvConfig, synthesized JSON text)}."""
+    shipped = load_all()
+    envs = {"dev": shipped["dev"], "prod": shipped["prod"], "custom": load_environment("dev", custom_config)}
+    return {
+        key: (env, CdkTesting.synth(ChurnPlatformStack(CdkTesting.app(), env, source_root=source_root)))
+        for key, env in envs.items()
+    }
+
+
+@pytest.fixture(scope="module")
+def docs(synthesized: dict[str, tuple[Any, str]]) -> dict[str, dict[str, Any]]:
+    return {key: json.loads(text) for key, (_, text) in synthesized.items()}
+
+
+@pytest.fixture(scope="module")
+def envs(synthesized: dict[str, tuple[Any, str]]) -> dict[str, Any]:
+    return {key: env for key, (env, _) in synthesized.items()}
+
+
+ALL = pytest.mark.parametrize("key", ["dev", "prod", "custom"])
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def of_type(doc: dict[str, Any], kind: str, block: str = "resource") -> dict[str, dict[str, Any]]:
+    return doc.get(block, {}).get(kind, {})
+
+
+def one(doc: dict[str, Any], kind: str, block: str = "resource", **match: Any) -> tuple[str, dict[str, Any]]:
+    """The single `kind` block whose attributes equal `match`, as (logical id, attributes)."""
+    found = [(lid, attrs) for lid, attrs in of_type(doc, kind, block).items()
+             if all(attrs.get(key) == value for key, value in match.items())]
+    assert len(found) == 1, f"expected one {kind} matching {match}, found {[lid for lid, _ in found]}"
+    return found[0]
+
+
+def ref(kind: str, logical_id: str, attribute: str) -> str:
+    return f"${{{kind}.{logical_id}.{attribute}}}"
+
+
+def local_value(doc: dict[str, Any], expression: str) -> str:
+    """The expression behind `${local.x}`."""
+    name = re.fullmatch(r"\$\{local\.([\w-]+)\}", expression)
+    assert name, f"{expression} is not a local reference"
+    return doc["locals"][name.group(1)]
+
+
+def ops_vault(doc: dict[str, Any], env: Any) -> str:
+    return one(doc, "azurerm_key_vault", name=env.names.key_vault)[0]
+
+
+def automation_app(doc: dict[str, Any]) -> str:
+    return one(doc, "azuread_application")[0]
+
+
+def strings(node: Any):
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            yield key
+            yield from strings(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from strings(value)
+
+
+# --- stack-wide ---------------------------------------------------------------------------------
+
+
+@ALL
+def test_outputs_are_exactly_the_contract_and_none_is_sensitive(docs, key):
+    outputs = docs[key]["output"]
+    assert sorted(outputs) == sorted(OUTPUT_NAMES)
+    assert not any(output.get("sensitive") for output in outputs.values())
+
+
+@ALL
+def test_outputs_point_at_this_stacks_resources(docs, envs, key):
+    doc, env = docs[key], envs[key]
+    outputs = {name: output["value"] for name, output in doc["output"].items()}
+    workspace = one(doc, "azurerm_databricks_workspace")[0]
+    ml = one(doc, "azurerm_machine_learning_workspace", name=env.names.ml_workspace)[0]
+    data = one(doc, "azurerm_storage_account", name=env.names.data_storage_account)[0]
+    assert outputs["client_secret_name"] == env.secret.name
+    assert outputs["tenant_id"] == ref("data.azurerm_client_config", "client", "tenant_id")
+    assert outputs["subscription_id"] == ref("data.azurerm_client_config", "client", "subscription_id")
+    assert outputs["databricks_workspace_id"] == ref("azurerm_databricks_workspace", workspace, "id")
+    assert local_value(doc, outputs["databricks_host"]) == "https://" + ref(
+        "azurerm_databricks_workspace", workspace, "workspace_url"
+    )
+    assert local_value(doc, outputs["mlflow_tracking_uri"]) == (
+        f"azureml://{env.location}.api.azureml.ms/mlflow/v1.0" + ref("azurerm_machine_learning_workspace", ml, "id")
+    )
+    assert outputs["ml_workspace_name"] == ref("azurerm_machine_learning_workspace", ml, "name")
+    assert outputs["key_vault_uri"] == ref("azurerm_key_vault", ops_vault(doc, env), "vault_uri")
+    assert outputs["data_account"] == ref("azurerm_storage_account", data, "name")
+    assert outputs["automation_client_id"] == ref("azuread_application", automation_app(doc), "client_id")
+    assert outputs["automation_application_object_id"] == ref("azuread_application", automation_app(doc), "object_id")
+    for job in ("train", "deploy"):
+        job_id = one(doc, "databricks_job", name=f"churn-{job}")[0]
+        assert outputs[f"{job}_job_id"] == ref("databricks_job", job_id, "id")
+
+
+@ALL
+def test_no_password_or_token_anywhere(docs, key):
+    doc = docs[key]
+    kinds = set(doc["resource"])
+    assert not {"azuread_application_password", "azuread_service_principal_password"} & kinds
+    assert not any("password" in kind for kind in kinds)
+    assert "password" not in one(doc, "azuread_application")[1]
+    for provider in doc["provider"].values():
+        for settings in provider:
+            assert not {"token", "password", "client_secret", "access_key", "sas_token"} & set(settings)
+
+
+@ALL
+def test_every_azure_name_comes_from_the_environments_names(docs, envs, key):
+    doc, names = docs[key], envs[key].names
+    assert CdkTesting.to_have_resource_with_properties(
+        json.dumps(doc), "azurerm_resource_group", {"name": names.resource_group, "location": envs[key].location}
+    )
+    assert {a["name"] for a in of_type(doc, "azurerm_storage_account").values()} == {
+        names.data_storage_account, names.ml_storage_account
+    }
+    assert {a["name"] for a in of_type(doc, "azurerm_key_vault").values()} == {names.key_vault, names.ml_key_vault}
+    assert one(doc, "azurerm_container_registry")[1]["name"] == names.container_registry
+    assert one(doc, "azurerm_log_analytics_workspace")[1]["name"] == names.log_analytics
+    assert one(doc, "azurerm_application_insights")[1]["name"] == names.application_insights
+    workspace = one(doc, "azurerm_databricks_workspace")[1]
+    assert (workspace["name"], workspace["managed_resource_group_name"]) == (
+        names.databricks_workspace, names.databricks_managed_resource_group
+    )
+    assert one(doc, "azuread_application")[1]["display_name"] == names.automation_app
+
+
+def test_prod_and_dev_share_no_globally_unique_name(docs):
+    def unique_names(doc):
+        return {attrs["name"] for kind in ("azurerm_storage_account", "azurerm_key_vault", "azurerm_container_registry")
+                for attrs in of_type(doc, kind).values()}
+
+    assert not unique_names(docs["dev"]) & unique_names(docs["prod"])
+
+
+# --- providers and state ------------------------------------------------------------------------
+
+
+@ALL
+def test_azurerm_provider_uses_entra_id_for_storage_and_the_configured_subscription(synthesized, docs, envs, key):
+    text, env = synthesized[key][1], envs[key]
+    expected = {"environment": "public", "storage_use_azuread": True, "features": [{"key_vault": [{
+        "purge_soft_delete_on_destroy": not env.purge_protection, "recover_soft_deleted_key_vaults": True}]}]}
+    assert CdkTesting.to_have_provider_with_properties(text, "azurerm", expected)
+    settings = docs[key]["provider"]["azurerm"][0]
+    assert settings.get("subscription_id") == env.subscription_id  # None: ARM_SUBSCRIPTION_ID at plan time
+    assert docs[key]["provider"]["azuread"] == [{"environment": "public"}]
+
+
+@ALL
+def test_databricks_provider_targets_this_workspace_with_entra_id(docs, key):
+    doc = docs[key]
+    workspace = one(doc, "azurerm_databricks_workspace")[0]
+    (settings,) = doc["provider"]["databricks"]
+    assert settings["azure_workspace_resource_id"] == ref("azurerm_databricks_workspace", workspace, "id")
+    host = local_value(doc, settings["host"])
+    assert host == "https://" + ref("azurerm_databricks_workspace", workspace, "workspace_url")
+    assert set(settings) == {"azure_workspace_resource_id", "host"}
+
+
+@pytest.mark.parametrize("key", ["dev", "prod"])
+def test_state_is_local_by_default(docs, key):
+    (backend,) = docs[key]["terraform"]["backend"].items()
+    assert backend[0] == "local"
+    assert Path(backend[1]["path"]).name == f"terraform.churn-{key}.tfstate"
+
+
+def test_state_backend_is_azurerm_with_entra_id_when_configured(docs):
+    backend = docs["custom"]["terraform"]["backend"]
+    assert list(backend) == ["azurerm"]
+    assert backend["azurerm"] == {
+        "resource_group_name": "rg-tfstate", "storage_account_name": "sttfstate001", "container_name": "tfstate",
+        "key": "churn-dev.tfstate", "use_azuread_auth": True, "environment": "public",
+        "subscription_id": "00000000-0000-0000-0000-00000000abcd",
+    }
+
+
+# --- identity -----------------------------------------------------------------------------------
+
+
+@ALL
+def test_automation_identity_is_owned_by_the_deploying_principal(docs, key):
+    doc = docs[key]
+    deployer = ref("data.azurerm_client_config", "client", "object_id")
+    app_id, app = one(doc, "azuread_application")
+    assert app["owners"] == [deployer]
+    assert app["sign_in_audience"] == "AzureADMyOrg"
+    _, principal = one(doc, "azuread_service_principal")
+    assert principal["client_id"] == ref("azuread_application", app_id, "client_id")
+    assert principal["owners"] == [deployer]
+
+
+@pytest.mark.parametrize("key", ["dev", "prod"])
+def test_no_federated_credential_unless_configured(docs, key):
+    assert "azuread_application_federated_identity_credential" not in docs[key]["resource"]
+
+
+def test_federated_credential_when_configured(docs, envs):
+    doc = docs["custom"]
+    _, credential = one(doc, "azuread_application_federated_identity_credential")
+    assert credential["application_id"] == ref("azuread_application", automation_app(doc), "id")
+    assert credential["issuer"] == envs["custom"].federation.issuer
+    assert credential["subject"] == "sc://contoso/churn/churn-dev"
+    assert credential["audiences"] == ["api://AzureADTokenExchange"]
+
+
+@ALL
+def test_role_assignments_resolve_to_this_environments_resources(docs, envs, key):
+    doc, env = docs[key], envs[key]
+    principal = ref("azuread_service_principal", one(doc, "azuread_service_principal")[0], "object_id")
+    expected_scope = {
+        "resource_group": ref("azurerm_resource_group", one(doc, "azurerm_resource_group")[0], "id"),
+        "ml_workspace": ref(
+            "azurerm_machine_learning_workspace", one(doc, "azurerm_machine_learning_workspace")[0], "id"
+        ),
+        "key_vault": ref("azurerm_key_vault", ops_vault(doc, env), "id"),
+        "data_account": ref(
+            "azurerm_storage_account", one(doc, "azurerm_storage_account", name=env.names.data_storage_account)[0], "id"
+        ),
+        "data_container": ref("azurerm_storage_container", one(doc, "azurerm_storage_container")[0], "id"),
+    }
+    assert set(expected_scope) == set(SCOPE_TYPES)
+    granted = {(a["role_definition_name"], a["scope"]) for a in of_type(doc, "azurerm_role_assignment").values()
+               if a["principal_id"] == principal}
+    assert granted == {(wanted.role, expected_scope[wanted.scope]) for wanted in env.role_assignments}
+    assert all(a["principal_type"] == "ServicePrincipal" for a in of_type(doc, "azurerm_role_assignment").values()
+               if a["principal_id"] == principal)
+
+
+def test_custom_environment_covers_every_symbolic_scope(envs):
+    assert {wanted.scope for wanted in envs["custom"].role_assignments} == set(SCOPE_TYPES)
+
+
+@ALL
+def test_nobody_is_granted_owner(docs, key):
+    roles = {a["role_definition_name"] for a in of_type(docs[key], "azurerm_role_assignment").values()}
+    assert not roles & {"Owner", "User Access Administrator", "Role Based Access Control Administrator"}
+
+
+def test_duplicate_role_assignment_is_a_config_error(write_config, source_root):
+    text = SHIPPED_CONFIG.read_text().replace(
+        '{ role = "Storage Blob Data Contributor", scope = "data_container" },',
+        '{ role = "Storage Blob Data Contributor", scope = "data_container" },\n'
+        '  { role = "Storage Blob Data Contributor", scope = "data_container" },',
+    )
+    env = load_environment("dev", write_config(text))
+    with pytest.raises(ConfigError, match=r"environment 'dev' key 'role_assignments\[2\]': .*listed twice"):
+        ChurnPlatformStack(CdkTesting.app(), env, source_root=source_root)
+
+
+# --- Key Vault ----------------------------------------------------------------------------------
+
+
+@ALL
+def test_ops_key_vault_is_rbac_soft_deleted_firewalled_and_purge_protected_per_env(docs, envs, key):
+    doc, env = docs[key], envs[key]
+    vault = of_type(doc, "azurerm_key_vault")[ops_vault(doc, env)]
+    assert vault["rbac_authorization_enabled"] is True
+    assert vault["purge_protection_enabled"] is env.purge_protection
+    assert vault["soft_delete_retention_days"] == 90
+    assert vault["network_acls"] == {"default_action": "Deny", "bypass": "AzureServices"}
+    assert vault["tenant_id"] == ref("data.azurerm_client_config", "client", "tenant_id")
+    assert "access_policy" not in vault
+
+
+def test_purge_protection_is_off_in_dev_and_on_in_prod(envs):
+    assert (envs["dev"].purge_protection, envs["prod"].purge_protection) == (False, True)
+
+
+@ALL
+def test_deployer_manages_secrets_and_azure_databricks_reads_them(docs, envs, key):
+    doc = docs[key]
+    vault = ref("azurerm_key_vault", ops_vault(doc, envs[key]), "id")
+    databricks_app_id, databricks_app = one(doc, "azuread_service_principal", block="data")
+    assert databricks_app == {**databricks_app, "client_id": AZURE_DATABRICKS_APP_ID}
+    one(doc, "azurerm_role_assignment", scope=vault, role_definition_name="Key Vault Secrets Officer",
+        principal_id=ref("data.azurerm_client_config", "client", "object_id"))
+    one(doc, "azurerm_role_assignment", scope=vault, role_definition_name="Key Vault Secrets User",
+        principal_id=ref("data.azuread_service_principal", databricks_app_id, "object_id"))
+    # No object id is hard-coded: the only GUID in any principal_id would be a literal one.
+    assert not any(GUID.search(a["principal_id"]) for a in of_type(doc, "azurerm_role_assignment").values())
+
+
+@ALL
+def test_vault_and_data_reads_are_logged(docs, envs, key):
+    doc, env = docs[key], envs[key]
+    workspace = ref("azurerm_log_analytics_workspace", one(doc, "azurerm_log_analytics_workspace")[0], "id")
+    data = one(doc, "azurerm_storage_account", name=env.names.data_storage_account)[0]
+    one(doc, "azurerm_monitor_diagnostic_setting", log_analytics_workspace_id=workspace,
+        target_resource_id=ref("azurerm_key_vault", ops_vault(doc, env), "id"),
+        enabled_log=[{"category_group": "audit"}])
+    one(doc, "azurerm_monitor_diagnostic_setting", log_analytics_workspace_id=workspace,
+        target_resource_id=ref("azurerm_storage_account", data, "id") + "/blobServices/default")
+
+
+# --- storage and Azure ML ----------------------------------------------------------------------
+
+
+@ALL
+def test_storage_accounts_are_entra_id_only_and_hardened(docs, key):
+    for account in of_type(docs[key], "azurerm_storage_account").values():
+        assert account["shared_access_key_enabled"] is False
+        assert account["min_tls_version"] == "TLS1_2"
+        assert account["infrastructure_encryption_enabled"] is True
+        assert account["allow_nested_items_to_be_public"] is False
+        assert account["blob_properties"]["delete_retention_policy"]["days"] >= 7
+
+
+@ALL
+def test_churn_data_is_adls_gen2_with_the_churndata_container(docs, envs, key):
+    doc, env = docs[key], envs[key]
+    account_id, account = one(doc, "azurerm_storage_account", name=env.names.data_storage_account)
+    assert account["is_hns_enabled"] is True
+    _, container = one(doc, "azurerm_storage_container")
+    assert container["name"] == "churndata" == env.names.data_container
+    assert container["storage_account_id"] == ref("azurerm_storage_account", account_id, "id")
+    assert container["container_access_type"] == "private"
+
+
+@ALL
+def test_ml_workspace_points_at_its_own_dependencies(docs, envs, key):
+    doc, names = docs[key], envs[key].names
+    _, workspace = one(doc, "azurerm_machine_learning_workspace", name=names.ml_workspace)
+    storage = one(doc, "azurerm_storage_account", name=names.ml_storage_account)[0]
+    vault = one(doc, "azurerm_key_vault", name=names.ml_key_vault)[0]
+    registry_id, registry = one(doc, "azurerm_container_registry")
+    insights_id, insights = one(doc, "azurerm_application_insights")
+    logs = one(doc, "azurerm_log_analytics_workspace")[0]
+    assert workspace["storage_account_id"] == ref("azurerm_storage_account", storage, "id")
+    assert workspace["key_vault_id"] == ref("azurerm_key_vault", vault, "id")
+    assert workspace["container_registry_id"] == ref("azurerm_container_registry", registry_id, "id")
+    assert workspace["application_insights_id"] == ref("azurerm_application_insights", insights_id, "id")
+    assert insights["workspace_id"] == ref("azurerm_log_analytics_workspace", logs, "id")
+    assert workspace["identity"] == {"type": "SystemAssigned"}
+    assert workspace["storage_account_access_type"] == "Identity"
+    assert registry["admin_enabled"] is False
+
+
+# --- Databricks --------------------------------------------------------------------------------
+
+
+@ALL
+def test_databricks_workspace_is_premium(synthesized, key):
+    text = synthesized[key][1]
+    assert CdkTesting.to_have_resource_with_properties(text, "azurerm_databricks_workspace", {"sku": "premium"})
+
+
+@ALL
+def test_secret_scope_is_backed_by_this_environments_vault(docs, envs, key):
+    doc = docs[key]
+    vault = ops_vault(doc, envs[key])
+    _, scope = one(doc, "databricks_secret_scope", name=SECRET_SCOPE)
+    assert scope["keyvault_metadata"] == {
+        "resource_id": ref("azurerm_key_vault", vault, "id"), "dns_name": ref("azurerm_key_vault", vault, "vault_uri"),
+    }
+    databricks_app = one(doc, "azuread_service_principal", block="data")[0]
+    access = one(doc, "azurerm_role_assignment", role_definition_name="Key Vault Secrets User",
+                 principal_id=ref("data.azuread_service_principal", databricks_app, "object_id"))[0]
+    assert f"azurerm_role_assignment.{access}" in scope["depends_on"]
+
+
+@ALL
+def test_automation_identity_is_a_workspace_principal_that_reads_the_scope(docs, key):
+    doc = docs[key]
+    principal_id, principal = one(doc, "databricks_service_principal")
+    assert principal["application_id"] == ref("azuread_application", automation_app(doc), "client_id")
+    scope_id = one(doc, "databricks_secret_scope")[0]
+    one(doc, "databricks_secret_acl", permission="READ", scope=ref("databricks_secret_scope", scope_id, "name"),
+        principal=ref("databricks_service_principal", principal_id, "application_id"))
+
+
+@ALL
+def test_jobs_run_the_notebooks_as_the_automation_identity(docs, envs, key):
+    doc, env = docs[key], envs[key]
+    runner = ref("databricks_service_principal", one(doc, "databricks_service_principal")[0], "application_id")
+    runtime_id, runtime = one(doc, "databricks_spark_version", block="data")
+    node_id, node = one(doc, "databricks_node_type", block="data")
+    workspace = f"azurerm_databricks_workspace.{one(doc, 'azurerm_databricks_workspace')[0]}"
+    assert (runtime["long_term_support"], runtime["ml"], runtime["depends_on"]) == (True, True, [workspace])
+    assert (node["local_disk"], node["depends_on"]) == (True, [workspace])
+    expected = {
+        "train": {"env": env.name, "buildNumber": "", "buildSource": ""},
+        "deploy": {"env": env.name, "buildNumber": "", "deployType": "Stage"},
+    }
+    for name, parameters in expected.items():
+        job_id, job = one(doc, "databricks_job", name=f"churn-{name}")
+        assert job["run_as"] == {"service_principal_name": runner}
+        assert job["timeout_seconds"] == env.training.job_timeout_minutes * 60
+        assert job["max_concurrent_runs"] == 1
+        (cluster,) = job["job_cluster"]
+        assert cluster["new_cluster"]["spark_version"] == ref("data.databricks_spark_version", runtime_id, "id")
+        assert cluster["new_cluster"]["node_type_id"] == ref("data.databricks_node_type", node_id, "id")
+        assert cluster["new_cluster"]["num_workers"] == 0
+        (task,) = job["task"]
+        notebook = one(doc, "databricks_notebook", path=f"{WORKSPACE_ROOT}/notebooks/{name}_churn")[0]
+        assert task["job_cluster_key"] == cluster["job_cluster_key"]
+        assert task["notebook_task"]["notebook_path"] == ref("databricks_notebook", notebook, "path")
+        assert task["notebook_task"]["base_parameters"] == parameters
+        packages = [library["pypi"]["package"] for library in task["library"]]
+        assert any(re.fullmatch(r"azureml-mlflow==[\d.]+", package) for package in packages)
+        one(doc, "databricks_permissions", job_id=ref("databricks_job", job_id, "id"),
+            access_control=[{"service_principal_name": runner, "permission_level": "CAN_MANAGE_RUN"}])
+
+
+def test_job_timeout_follows_config(docs):
+    timeouts = {job["timeout_seconds"] for job in of_type(docs["custom"], "databricks_job").values()}
+    assert timeouts == {45 * 60}
+
+
+@ALL
+def test_notebooks_are_uploaded_as_python_source(docs, source_root, key):
+    doc = docs[key]
+    for name in NOTEBOOKS:
+        _, notebook = one(doc, "databricks_notebook", path=f"{WORKSPACE_ROOT}/notebooks/{name}")
+        assert notebook["language"] == "PYTHON"
+        assert base64.b64decode(notebook["content_base64"]) == (source_root / "notebooks" / f"{name}.py").read_bytes()
+
+
+@ALL
+def test_project_code_is_uploaded_at_its_repository_paths(docs, source_root, key):
+    files = of_type(docs[key], "databricks_workspace_file").values()
+    uploaded = {attrs["path"]: attrs["content_base64"] for attrs in files}
+    expected = project_files(source_root)
+    assert {"config/__init__.py", "config/environments.toml", "config/schema.json", "deploy/outputs.py"} <= {*expected}
+    for relative in expected:
+        assert base64.b64decode(uploaded.pop(f"{WORKSPACE_ROOT}/{relative}")) == (source_root / relative).read_bytes()
+    assert list(uploaded) == [f"{WORKSPACE_ROOT}/outputs/{'churn-dev' if key != 'prod' else 'churn-prod'}.json"]
+    directory_id, _ = one(docs[key], "databricks_directory", path=WORKSPACE_ROOT)
+    runner = ref("databricks_service_principal", one(docs[key], "databricks_service_principal")[0], "application_id")
+    one(docs[key], "databricks_permissions", directory_path=ref("databricks_directory", directory_id, "path"),
+        access_control=[{"service_principal_name": runner, "permission_level": "CAN_READ"}])
+
+
+def test_project_files_are_sorted_and_skip_caches(tmp_path):
+    written = ("deploy/b.py", "deploy/a.py", "deploy/__pycache__/a.cpython-311.py", "config/x.py", "config/y.txt")
+    for relative in written:
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_text("")
+    assert project_files(tmp_path) == [
+        "config/environments.toml", "config/schema.json", "config/x.py", "deploy/a.py", "deploy/b.py"
+    ]
+
+
+@ALL
+def test_workspace_outputs_file_holds_the_cli_outputs(docs, envs, key):
+    doc, env = docs[key], envs[key]
+    _, outputs_file = one(doc, "databricks_workspace_file", path=f"{WORKSPACE_ROOT}/outputs/{env.stack_name}.json")
+    expression = outputs_file["content_base64"]
+    assert expression.startswith(f'${{base64encode(jsonencode({{"{env.stack_name}" = {{')
+    keys = re.findall(r'"(\w+)" = ', expression)
+    assert sorted(keys) == sorted(OUTPUT_NAMES)
+    # The values are the very expressions of the stack outputs, so the two copies cannot drift.
+    for name, output in doc["output"].items():
+        assert f'"{name}" = {_unwrap(output["value"])}' in expression
+
+
+def _unwrap(value: str) -> str:
+    plain = re.fullmatch(r"\$\{(.*)\}", value)
+    return plain.group(1) if plain else json.dumps(value)
+
+
+def test_missing_notebook_is_a_clear_error(tmp_path):
+    (tmp_path / "Pipfile.lock").write_text("{}")
+    with pytest.raises(MissingSource, match=r"notebooks/train_churn\.py not found"):
+        ChurnPlatformStack(CdkTesting.app(), load_environment("dev"), source_root=tmp_path)
+
+
+# --- the app and the summary --------------------------------------------------------------------
+
+
+def test_app_reports_config_errors_in_one_line_with_exit_2(write_config):
+    bad = write_config(SHIPPED_CONFIG.read_text().replace('prefix = "chrnprod"', 'prefix = "chrndev"'))
+    result = subprocess.run(
+        [sys.executable, "main.py"], cwd=PROJECT_ROOT, env={"CHURN_CONFIG": str(bad), "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "config error: environment 'prod' key 'prefix': 'chrndev' is already used by environment 'dev'; "
+        "expected a prefix unique to this environment (globally unique names derive from it)"
+    ]
+    assert "Traceback" not in result.stderr
+
+
+def test_one_stack_per_azure_environment():
+    assert sorted(env.stack_name for env in load_all().values() if not env.is_local) == ["churn-dev", "churn-prod"]
+
+
+def test_summary_counts_resources_and_lists_outputs(docs, tmp_path, capsys):
+    for key in ("dev", "prod"):
+        stack_dir = tmp_path / "stacks" / f"churn-{key}"
+        stack_dir.mkdir(parents=True)
+        (stack_dir / "cdk.tf.json").write_text(json.dumps(docs[key]))
+    assert summary.main([str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "churn-dev would create:" in printed and "churn-prod would create:" in printed
+    assert re.search(r"^\s+2  databricks_job$", printed, re.MULTILINE)
+    total = sum(len(items) for items in docs["dev"]["resource"].values())
+    assert f"{total:3d}  resources in total; state backend: local" in printed
+    assert "outputs: " + ", ".join(sorted(OUTPUT_NAMES)) in printed
+
+
+def test_summary_without_stacks_exits_2(tmp_path, capsys):
+    assert summary.main([str(tmp_path)]) == 2
+    assert "no stacks/*/cdk.tf.json in" in capsys.readouterr().err
+
