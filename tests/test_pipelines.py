@@ -1,0 +1,743 @@
+"""The Azure DevOps pipelines in pipelines/: checked against the public schema, the real CLI parser,
+the templates they use, the config and the Makefile, and their shell logic run for real.
+
+Azure Pipelines reads every YAML scalar as a string, so the files are loaded the same way
+(`yaml.BaseLoader`). The checker functions are tested on deliberately broken input too, so a check
+that silently finds nothing cannot pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import itertools
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from config import PROJECT_ROOT, load_all, load_environment
+from deploy.cli import build_parser
+
+PIPELINES = PROJECT_ROOT / "pipelines"
+TEMPLATES = PIPELINES / "templates"
+MAIN = PIPELINES / "azure-pipelines.yml"
+ROTATION = PIPELINES / "rotate-secret.yml"
+PIPELINE_FILES = sorted(PIPELINES.rglob("*.yml"))
+SCHEMA_VARIABLE = "AZURE_PIPELINES_SCHEMA"
+AZURE_ENVS = sorted(name for name, env in load_all().items() if not env.is_local)
+
+SAMPLE_BUILD = "20261126.3"
+SAMPLE_MACROS = {
+    "Build.BuildNumber": SAMPLE_BUILD,
+    "Build.Repository.Name": "churn-mlops",
+    "Build.SourceVersion": "0123456789abcdef",
+}
+TEMPLATE_EXPRESSION = re.compile(r"\$\{\{\s*(.*?)\s*\}\}")
+MACRO = re.compile(r"\$\(([A-Za-z_][\w.]*)\)")
+SHELL_VARIABLE = re.compile(r"\$(?:\{[^}]*\}|[A-Za-z_]\w*)")
+EXPRESSION = re.compile(r"\$\{\{|\$\(|\$\[")
+DEPLOY_CALL = re.compile(r"python3?\s+-m\s+deploy(?=\s|$)")
+SHELL_OPERATOR = re.compile(r"[;&|<>()]+")
+
+
+# --- reading the files -------------------------------------------------------------------------
+
+
+def load(path: Path) -> Any:
+    return yaml.load(path.read_text(), Loader=yaml.BaseLoader)  # noqa: S506 - BaseLoader builds only str/list/dict
+
+
+def walk(node: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+    """Every node with its path; mapping keys are visited too (they hold `${{ if ... }}` expressions)."""
+    yield path, node
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield (*path, "<key>"), key
+            yield from walk(value, (*path, str(key)))
+    elif isinstance(node, list):
+        for index, item in enumerate(node):
+            yield from walk(item, (*path, str(index)))
+
+
+def where(path: tuple[str, ...]) -> str:
+    return "/".join(path) or "(top)"
+
+
+@dataclass(frozen=True)
+class Parameter:
+    name: str
+    required: bool
+    type: str
+    values: tuple[str, ...]
+    sample: str  # what stands in for `${{ parameters.<name> }}` when a command line is checked
+
+
+def declared_parameters(document: Any) -> dict[str, Parameter]:
+    raw = document.get("parameters") if isinstance(document, dict) else None
+    if isinstance(raw, dict):  # the old form, `name: default`: every parameter has a default
+        return {name: Parameter(name, False, "string", (), str(default)) for name, default in raw.items()}
+    declared = {}
+    for item in raw or []:
+        values = tuple(item.get("values") or ())
+        default = item.get("default")
+        sample = default if isinstance(default, str) else (values[0] if values else "sample")
+        required = "default" not in item
+        declared[item["name"]] = Parameter(item["name"], required, item.get("type", "string"), values, sample)
+    return declared
+
+
+# --- schema check ------------------------------------------------------------------------------
+
+BOOLEAN_WORDS = {"true", "false", "y", "yes", "n", "no", "on", "off"}
+
+
+def _is_expression(instance: object) -> bool:
+    return isinstance(instance, str) and bool(re.fullmatch(r"\s*(\$\{\{.*\}\}|\$\(.*\)|\$\[.*\])\s*", instance))
+
+
+def _scalar_type(python_type: type, pattern: str | None):
+    def check(checker: Any, instance: object) -> bool:
+        if isinstance(instance, python_type) and not (python_type is int and isinstance(instance, bool)):
+            return True
+        if not isinstance(instance, str):
+            return False
+        return _is_expression(instance) or (
+            instance.lower() in BOOLEAN_WORDS if pattern is None else bool(re.fullmatch(pattern, instance))
+        )
+
+    return check
+
+
+def pipeline_validator(schema: dict[str, Any]) -> jsonschema.protocols.Validator:
+    """The schema's own draft, with typed scalars also accepted as the strings Azure Pipelines reads."""
+    base = jsonschema.validators.validator_for(schema)
+    checker = base.TYPE_CHECKER.redefine_many(
+        {
+            "boolean": _scalar_type(bool, None),
+            "integer": _scalar_type(int, r"-?\d+"),
+            "number": _scalar_type(float, r"-?\d+(\.\d+)?"),
+        }
+    )
+    return jsonschema.validators.extend(base, type_checker=checker)(schema)
+
+
+def _leaves(error: jsonschema.ValidationError) -> list[jsonschema.ValidationError]:
+    """The errors that explain `error`. Under anyOf/oneOf they come from the branch that fits best:
+    the fewest complaints about the object itself or a discriminating key (`task: AzureCLI@2` picks
+    the AzureCLI branch), then the fewest errors, so a step reports its own task's complaint."""
+    if not error.context:
+        return [error]
+    depth = len(error.absolute_path)
+    branches: dict[Any, list[jsonschema.ValidationError]] = {}
+    for sub in error.context:
+        branches.setdefault(sub.relative_schema_path[0], []).append(sub)
+
+    def misfit(errors: list[jsonschema.ValidationError]) -> tuple[int, int]:
+        shape = sum(
+            len(e.absolute_path) == depth
+            or (len(e.absolute_path) == depth + 1 and e.validator in ("enum", "const", "pattern"))
+            for e in errors
+        )
+        return shape, len(errors)
+
+    closest = min(branches.values(), key=misfit)
+    return [leaf for sub in closest for leaf in _leaves(sub)]
+
+
+def insert_every_branch(node: Any) -> Any:
+    """The document with each `${{ if }}`, `${{ else }}` and `${{ each }}` body inserted where the
+    template engine would insert it, so every branch is validated (the schema knows no expressions)."""
+    if isinstance(node, list):
+        expanded: list[Any] = []
+        for item in node:
+            if isinstance(item, dict) and len(item) == 1 and TEMPLATE_EXPRESSION.fullmatch(next(iter(item))):
+                body = insert_every_branch(next(iter(item.values())))
+                expanded.extend(body if isinstance(body, list) else [body])
+            else:
+                expanded.append(insert_every_branch(item))
+        return expanded
+    if isinstance(node, dict):
+        merged: dict[str, Any] = {}
+        for key, value in node.items():
+            if TEMPLATE_EXPRESSION.fullmatch(key) and isinstance(value, dict):
+                merged.update(insert_every_branch(value))
+            else:
+                merged[key] = insert_every_branch(value)
+        return merged
+    return node
+
+
+def schema_problems(document: Any, validator: jsonschema.protocols.Validator) -> list[str]:
+    problems = []
+    for error in validator.iter_errors(insert_every_branch(document)):
+        for leaf in _leaves(error):
+            message = leaf.message if len(leaf.message) < 200 else leaf.message[:200] + "..."
+            problems.append(f"{where(tuple(map(str, leaf.absolute_path)))}: {message}")
+    return problems
+
+
+@pytest.fixture(scope="module")
+def validator() -> jsonschema.protocols.Validator:
+    location = os.environ.get(SCHEMA_VARIABLE)
+    if not location:
+        pytest.skip(
+            f"{SCHEMA_VARIABLE} is unset: point it at the public Azure Pipelines JSON schema "
+            "(.ci/run sets it to ../shared/schemas/azure-pipelines.schema.json) to check the pipelines against it"
+        )
+    path = Path(location)
+    if not path.is_file():
+        pytest.fail(f"{SCHEMA_VARIABLE}={location} is not a file; expected the Azure Pipelines JSON schema")
+    return pipeline_validator(json.loads(path.read_text()))
+
+
+@pytest.mark.parametrize("path", PIPELINE_FILES, ids=lambda path: str(path.relative_to(PIPELINES)))
+def test_pipeline_file_matches_the_azure_pipelines_schema(path: Path, validator: jsonschema.protocols.Validator):
+    assert schema_problems(load(path), validator) == []
+
+
+def test_schema_check_names_misspelled_task_inputs_and_step_keys_even_in_a_conditional(
+    validator: jsonschema.protocols.Validator,
+):
+    broken = yaml.load(
+        """
+steps:
+- task: AzureCLI@2
+  inputs:
+    azureSubscriptions: churn-dev
+    scriptType: bash
+- script: make test
+  displayname: lowercase n
+- ${{ if eq(parameters.environment, 'dev') }}:
+  - task: PublishPipelineArtifact@1
+    inputs:
+      targetPath: outputs
+      artifactname: lowercase n
+""",
+        Loader=yaml.BaseLoader,  # noqa: S506
+    )
+    assert schema_problems(broken, validator) == [
+        "steps/0/inputs: Additional properties are not allowed ('azureSubscriptions' was unexpected)",
+        "steps/0/inputs: 'azureSubscription' is a required property",
+        "steps/1: Additional properties are not allowed ('displayname' was unexpected)",
+        "steps/2/inputs: Additional properties are not allowed ('artifactname' was unexpected)",  # inside the if
+    ]
+
+
+def test_schema_check_accepts_a_string_boolean_and_refuses_a_word_that_is_not_one(
+    validator: jsonschema.protocols.Validator,
+):
+    def step(value: str) -> Any:
+        return {
+            "steps": [
+                {
+                    "task": "AzureCLI@2",
+                    "inputs": {"azureSubscription": "c", "scriptType": "bash", "addSpnToEnvironment": value},
+                }
+            ]
+        }
+
+    assert schema_problems(step("true"), validator) == []
+    assert schema_problems(step("${{ parameters.spn }}"), validator) == []
+    assert schema_problems(step("maybe"), validator) != []
+
+
+# --- CLI check ---------------------------------------------------------------------------------
+
+
+class CommandLineError(ValueError):
+    pass
+
+
+def with_sample_values(text: str, parameters: dict[str, Parameter]) -> str:
+    """Replace template expressions, macros and shell variables by sample values a shell would pass."""
+
+    def expression(match: re.Match[str]) -> str:
+        name = re.fullmatch(r"parameters\.(\w+)", match.group(1))
+        return parameters[name.group(1)].sample if name and name.group(1) in parameters else "sample"
+
+    text = TEMPLATE_EXPRESSION.sub(expression, text)
+    text = MACRO.sub(lambda match: SAMPLE_MACROS.get(match.group(1), "sample"), text)
+    return SHELL_VARIABLE.sub("sample", text)
+
+
+def deploy_command_lines(document: Any) -> list[str]:
+    """Every `python -m deploy ...` in the document's strings, continuation lines joined, unsubstituted."""
+    found = []
+    for _, node in walk(document):
+        if not isinstance(node, str):
+            continue
+        for line in node.replace("\\\n", " ").splitlines():
+            found.extend(line[match.start() :].strip() for match in DEPLOY_CALL.finditer(line))
+    return found
+
+
+def deploy_arguments(command: str) -> list[str]:
+    """The arguments after `-m deploy`, up to the first shell operator (redirection, pipe, `)`, `;`)."""
+    lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    tokens = iter(lexer)  # lazily: what follows the command may be half of a larger shell construct
+    for token in tokens:
+        if token == "deploy":
+            break
+    arguments: list[str] = []
+    for token in tokens:
+        if SHELL_OPERATOR.fullmatch(token):
+            if token[0] in "<>" and arguments and arguments[-1].isdigit():
+                arguments.pop()  # the file descriptor of `2>&1`
+            break
+        arguments.append(token)
+    return arguments
+
+
+def parse_deploy_command(command: str) -> argparse.Namespace:
+    """Parse with the CLI's real parser; a CommandLineError carries the parser's own complaint."""
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr):
+            return build_parser().parse_args(deploy_arguments(command))
+    except SystemExit:
+        complaint = stderr.getvalue().strip().splitlines() or ["no message"]
+        raise CommandLineError(f"`{command}`: {complaint[-1]}") from None
+
+
+def pipeline_commands() -> list[tuple[Path, str, argparse.Namespace | CommandLineError]]:
+    parsed: list[tuple[Path, str, argparse.Namespace | CommandLineError]] = []
+    for path in PIPELINE_FILES:
+        document = load(path)
+        parameters = declared_parameters(document)
+        for line in deploy_command_lines(document):
+            try:
+                parsed.append((path, line, parse_deploy_command(with_sample_values(line, parameters))))
+            except CommandLineError as error:
+                parsed.append((path, line, error))
+    return parsed
+
+
+def test_every_deploy_command_in_the_pipelines_parses_with_the_real_cli():
+    commands = pipeline_commands()
+    failures = [
+        f"{path.relative_to(PROJECT_ROOT)}: {result}"
+        for path, _, result in commands
+        if isinstance(result, CommandLineError)
+    ]
+    assert failures == []
+    seen = {(result.command, getattr(result, "slot", None)) for _, _, result in commands}
+    expected = {
+        ("train", None),
+        ("release", "stage"),
+        ("release", "prod"),
+        ("rollback", "prod"),
+        ("status", None),
+        ("rotate-secret", None),
+    }
+    assert expected <= seen, f"the pipelines lack {expected - seen}"
+
+
+def test_train_and_release_carry_the_azure_devops_build_and_source():
+    for path, line, args in pipeline_commands():
+        if args.command in ("train", "release"):
+            assert args.build == SAMPLE_BUILD, f"{path.name}: `{line}` does not pass --build $(Build.BuildNumber)"
+        if args.command == "train":
+            assert args.source == "churn-mlops@0123456789abcdef", f"{path.name}: `{line}`"
+
+
+def test_command_extraction_follows_continuations_and_stops_at_shell_operators():
+    document = {
+        "steps": [
+            {
+                "script": (
+                    'serving="$(.venv/bin/python -m deploy status --env $(env) \\\n  --json | jq -r .slots)"\n'
+                    "pipenv run python -m deploy release --env dev --to prod --build $(Build.BuildNumber) 2>&1 | cat\n"
+                    'python -m deploy status --env ${{ parameters.environment }} --json > "$OUT/status.json"\n'
+                )
+            }
+        ]
+    }
+    lines = deploy_command_lines(document)
+    assert len(lines) == 3
+    parameters = {"environment": Parameter("environment", False, "string", ("dev", "prod"), "dev")}
+    arguments = [deploy_arguments(with_sample_values(line, parameters)) for line in lines]
+    assert arguments == [
+        ["status", "--env", "sample", "--json"],
+        ["release", "--env", "dev", "--to", "prod", "--build", SAMPLE_BUILD],
+        ["status", "--env", "dev", "--json"],
+    ]
+
+
+@pytest.mark.parametrize(
+    ("command", "complaint"),
+    [
+        ("python -m deploy release --env dev --to staging --build 1", "invalid choice: 'staging'"),
+        ("python -m deploy train --env dev --bulid $(Build.BuildNumber)", "unrecognized arguments: --bulid"),
+        ("python -m deploy rollback --to prod", "the following arguments are required: --env"),
+        ("python -m deploy rotate-secret --env dev --prune-now --keep-old", "not allowed with argument"),
+    ],
+)
+def test_cli_check_reports_a_broken_command_line(command: str, complaint: str):
+    with pytest.raises(CommandLineError, match=re.escape(complaint)):
+        parse_deploy_command(with_sample_values(command, {}))
+
+
+# --- template check ----------------------------------------------------------------------------
+
+
+def template_problems(path: Path) -> list[str]:
+    """Missing templates, undeclared or missing parameters, and literal values a template refuses."""
+    problems = []
+    for at, node in walk(load(path)):
+        if not (isinstance(node, dict) and isinstance(node.get("template"), str)) or "@" in node["template"]:
+            continue  # not a template reference, or one in another repository
+        reference, target = node["template"], path.parent / node["template"]
+        here = f"{path.name}: {where(at)}"
+        if not target.is_file():
+            problems.append(f"{here}: template {reference} not found at {target}")
+            continue
+        declared = declared_parameters(load(target))
+        passed = node.get("parameters") or {}
+        problems += [f"{here}: {reference} declares no parameter '{name}'" for name in passed if name not in declared]
+        problems += [
+            f"{here}: {reference} needs parameter '{name}'"
+            for name, parameter in declared.items()
+            if parameter.required and name not in passed
+        ]
+        for name, value in passed.items():
+            parameter = declared.get(name)
+            if parameter is None or not isinstance(value, str) or EXPRESSION.search(value):
+                continue
+            if parameter.values and value not in parameter.values:
+                expected = ", ".join(parameter.values)
+                problems.append(f"{here}: {reference} parameter '{name}' is '{value}'; expected one of {expected}")
+            if parameter.type == "boolean" and value.lower() not in BOOLEAN_WORDS:
+                problems.append(f"{here}: {reference} parameter '{name}' is '{value}'; expected a boolean")
+    return problems
+
+
+def undeclared_parameter_uses(path: Path) -> list[str]:
+    """`${{ parameters.x }}` in a file whose `parameters:` does not declare x."""
+    document = load(path)
+    declared = declared_parameters(document)
+    problems = []
+    for at, node in walk(document):
+        if not isinstance(node, str):
+            continue
+        for expression in TEMPLATE_EXPRESSION.findall(node):
+            problems += [
+                f"{path.name}: {where(at)}: parameters.{name} is not declared"
+                for name in re.findall(r"\bparameters\.(\w+)", expression)
+                if name not in declared
+            ]
+    return problems
+
+
+@pytest.mark.parametrize("path", PIPELINE_FILES, ids=lambda path: str(path.relative_to(PIPELINES)))
+def test_templates_exist_and_get_exactly_their_declared_parameters(path: Path):
+    assert template_problems(path) == []
+    assert undeclared_parameter_uses(path) == []
+
+
+def test_every_template_is_used():
+    referenced = {
+        (path.parent / node["template"]).resolve()
+        for path in PIPELINE_FILES
+        for _, node in walk(load(path))
+        if isinstance(node, dict) and "template" in node
+    }
+    assert {path.resolve() for path in TEMPLATES.glob("*.yml")} <= referenced
+
+
+def test_template_check_reports_missing_templates_and_wrong_parameters(tmp_path: Path):
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "step.yml").write_text(
+        "parameters:\n- name: environment\n  type: string\n  values: [dev, prod]\n"
+        "- name: verbose\n  type: boolean\n  default: false\n"
+        "steps:\n- script: echo ${{ parameters.environment }} ${{ parameters.enviroment }}\n"
+    )
+    pipeline = tmp_path / "pipeline.yml"
+    pipeline.write_text(
+        "steps:\n"
+        "- template: templates/missing.yml\n"
+        "- template: templates/step.yml\n  parameters:\n    environment: dev\n    colour: blue\n"
+        "- template: templates/step.yml\n  parameters:\n    verbose: 'sure'\n"
+        "- template: templates/step.yml\n  parameters:\n    environment: staging\n"
+        "- template: templates/step.yml\n  parameters:\n    environment: ${{ parameters.target }}\n"
+    )
+    problems = "\n".join(template_problems(pipeline))
+    assert "template templates/missing.yml not found" in problems
+    assert "declares no parameter 'colour'" in problems
+    assert "needs parameter 'environment'" in problems
+    assert "parameter 'verbose' is 'sure'; expected a boolean" in problems
+    assert "parameter 'environment' is 'staging'" in problems
+    assert len(template_problems(pipeline)) == 5  # the expression passed last is not judged
+    assert undeclared_parameter_uses(tmp_path / "templates" / "step.yml") == [
+        "step.yml: steps/0/script: parameters.enviroment is not declared"
+    ]
+    assert undeclared_parameter_uses(pipeline) == [
+        "pipeline.yml: steps/4/parameters/environment: parameters.target is not declared"
+    ]
+
+
+# --- the flow the issue asks for ---------------------------------------------------------------
+
+
+def stage_map() -> dict[str, dict[str, Any]]:
+    return {stage["stage"]: stage for stage in load(MAIN)["stages"]}
+
+
+def template_uses(node: Any, template: str) -> list[dict[str, Any]]:
+    """The parameters of every use of `templates/<template>` (or a sibling's `<template>`) under node."""
+    return [
+        item.get("parameters") or {}
+        for _, item in walk(node)
+        if isinstance(item, dict) and str(item.get("template", "")).split("/")[-1] == template
+    ]
+
+
+def test_stages_follow_the_issue_order_and_environment_is_a_runtime_parameter():
+    stages = list(stage_map().values())
+    assert [stage["stage"] for stage in stages] == [
+        "Validate",
+        "Infrastructure",
+        "Train",
+        "Release_Stage",
+        "Release_Prod",
+    ]
+    for previous, stage in itertools.pairwise(stages):
+        assert stage["dependsOn"] == previous["stage"]
+    environment = declared_parameters(load(MAIN))["environment"]
+    assert (environment.sample, sorted(environment.values)) == ("dev", AZURE_ENVS)
+
+
+def test_validate_runs_the_developer_targets_and_publishes_the_junit_file_make_test_writes():
+    steps = stage_map()["Validate"]["jobs"][0]["steps"]
+    publish = next(step for step in steps if step.get("task") == "PublishTestResults@2")
+    assert publish["condition"] == "succeededOrFailed()"
+    makefile = (PROJECT_ROOT / "Makefile").read_text()
+    assert f"--junitxml={publish['inputs']['testResultsFiles']}" in makefile
+    targets = set(re.findall(r"^([\w-]+):", makefile, flags=re.MULTILINE))
+    used = {target for path in PIPELINE_FILES for target in re.findall(r"\bmake (\w[\w-]*)", path.read_text())}
+    assert {"install", "test"} <= used <= targets
+
+
+def test_infrastructure_and_prod_release_are_deployment_jobs_on_separate_environments():
+    stages = stage_map()
+    infra = stages["Infrastructure"]["jobs"][0]
+    prod = stages["Release_Prod"]["jobs"][0]
+    assert "deployment" in infra and "deployment" in prod
+    assert infra["environment"] != prod["environment"]
+    for job in (infra, prod):
+        assert "churn-${{ parameters.environment }}-" in job["environment"]
+    assert stages["Infrastructure"]["condition"] == "and(succeeded(), ne(variables['Build.Reason'], 'PullRequest'))"
+
+
+@pytest.mark.parametrize("env_name", AZURE_ENVS)
+def test_infrastructure_deploys_the_stack_and_outputs_file_the_deploy_module_reads(env_name: str):
+    env = load_environment(env_name)
+    outputs_file = env.outputs_file.relative_to(PROJECT_ROOT).as_posix()
+    infra = stage_map()["Infrastructure"]
+    values = {"environment": Parameter("environment", False, "string", (), env_name)}
+    cdktn = template_uses(infra, "cdktn.yml")
+    assert [use["command"] for use in cdktn] == ["diff", "deploy"]
+    deploy = with_sample_values(cdktn[1]["arguments"], values).split()
+    assert deploy[deploy.index("--outputs-file") + 1] == outputs_file
+    assert "--outputs-file-include-sensitive-outputs" not in deploy
+    script = (TEMPLATES / "cdktn.yml").read_text()
+    assert f"{env.stack_name} " in with_sample_values(script.split("node_modules/.bin/cdktn")[1], values)
+    publish = next(step for _, step in walk(infra) if isinstance(step, dict) and "publish" in step)
+    assert with_sample_values(publish["publish"], values) == outputs_file
+    download = next(
+        item
+        for _, item in walk(load(TEMPLATES / "setup.yml"))
+        if isinstance(item, dict) and item.get("task") == "DownloadPipelineArtifact@2"
+    )
+    assert with_sample_values(download["inputs"]["artifactName"], values) == with_sample_values(
+        publish["artifact"], values
+    )
+    assert download["inputs"]["targetPath"] == "$(Build.SourcesDirectory)/" + str(Path(outputs_file).parent)
+
+
+def test_python_steps_run_inside_the_signed_in_azure_step():
+    for path in PIPELINE_FILES:
+        for at, node in walk(load(path)):
+            if isinstance(node, dict) and at[-1:] != ("parameters",):
+                for key in ("script", "bash"):
+                    text = node.get(key)
+                    assert not (isinstance(text, str) and DEPLOY_CALL.search(text)), (
+                        f"{path.name}: {where(at)} runs the deploy CLI outside templates/azure-step.yml"
+                    )
+
+
+def test_prod_release_is_followed_by_a_rollback_step_that_runs_on_failure():
+    steps = stage_map()["Release_Prod"]["jobs"][0]["strategy"]["runOnce"]["deploy"]["steps"]
+    azure = [step["parameters"] for step in steps if str(step.get("template", "")).endswith("azure-step.yml")]
+    release = next(
+        index for index, step in enumerate(azure) if "--to prod" in step["script"] and "release" in step["script"]
+    )
+    rollback = azure[release + 1]
+    assert rollback["condition"] == "failed()"
+    assert "-m deploy rollback --env ${{ parameters.environment }} --to prod" in rollback["script"]
+
+
+@pytest.mark.parametrize("env_name", AZURE_ENVS)
+def test_rotation_runs_weekly_for_every_azure_environment(env_name: str):
+    rotation = load(ROTATION)
+    assert (rotation["trigger"], rotation["pr"]) == ("none", "none")
+    (schedule,) = rotation["schedules"]
+    assert len(schedule["cron"].split()) == 5 and schedule["cron"].split()[4] != "*"  # one day a week
+    assert schedule["always"] == "true"
+    jobs = {use["environment"]: use for use in template_uses(rotation["jobs"], "rotation.yml")}
+    assert sorted(jobs) == AZURE_ENVS
+    aliases = {resource["pipeline"]: resource for resource in rotation["resources"]["pipelines"]}
+    assert jobs[env_name]["serviceConnection"] == f"churn-{env_name}"
+    assert aliases[jobs[env_name]["outputsFrom"]]["tags"] == [f"churn-{env_name}"]
+    assert f"churn-{env_name}" == load_environment(env_name).stack_name
+
+
+def test_nothing_prints_a_token_or_asks_for_sensitive_outputs():
+    for path in PIPELINE_FILES:
+        text = path.read_text()
+        assert "set -x" not in text and "sensitive-outputs" not in text
+        assert "System.AccessToken" not in text and 'servicePrincipalKey"' not in text
+        for line in text.splitlines():
+            if "idToken" in line and not line.lstrip().startswith("#"):
+                assert path.name == "azure-step.yml", f"{path.name}: {line.strip()}"
+                assert re.match(r"\s*(printf '##vso\[task\.setsecret\]%s\\n' \"\$idToken\"|export |unset )", line), line
+
+
+# --- the shell logic, run for real -------------------------------------------------------------
+
+
+def render(text: str, values: dict[str, str]) -> str:
+    """A template's text with `${{ parameters.x }}` and macros replaced as Azure DevOps would."""
+    text = TEMPLATE_EXPRESSION.sub(lambda match: values[match.group(1).removeprefix("parameters.")], text)
+    return MACRO.sub(lambda match: values[match.group(1)], text)
+
+
+def fake_python(folder: Path, status: dict[str, Any]) -> Path:
+    """`.venv/bin/python` that answers `-m deploy status` with `status`, logs other deploy commands,
+    and runs anything else with the real interpreter."""
+    python = folder / ".venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    (folder / "status.json").write_text(json.dumps(status))
+    python.write_text(
+        "#!/bin/bash\n"
+        'if [ "$1 $2 $3" = "-m deploy status" ]; then cat "$(dirname "$0")/../../status.json"; exit 0; fi\n'
+        'if [ "$1 $2" = "-m deploy" ]; then shift 2; echo "$*" >> "$(dirname "$0")/../../deploy.log"; exit 0; fi\n'
+        f'exec {sys.executable} "$@"\n'
+    )
+    python.chmod(0o755)
+    return folder / "deploy.log"
+
+
+def run_bash(script: str, folder: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    environment = {"PATH": os.environ["PATH"], "PYTHONPATH": str(PROJECT_ROOT), **env}
+    return subprocess.run(
+        [shutil.which("bash") or "/bin/bash", "-euo", "pipefail", "-c", script],
+        cwd=folder,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def rollback_script() -> str:
+    steps = stage_map()["Release_Prod"]["jobs"][0]["strategy"]["runOnce"]["deploy"]["steps"]
+    return next(
+        step["parameters"]["script"] for step in steps if step.get("parameters", {}).get("condition") == "failed()"
+    )
+
+
+@pytest.mark.parametrize(("serving", "rolls_back"), [(SAMPLE_BUILD, True), ("20261120.1", False), (None, False)])
+def test_failed_prod_release_rolls_back_only_when_prod_already_serves_the_build(
+    tmp_path: Path, serving: str | None, rolls_back: bool
+):
+    log = fake_python(tmp_path, {"slots": {"prod": {"build": serving}, "stage": {"build": SAMPLE_BUILD}}})
+    script = render(rollback_script(), {"environment": "dev", **SAMPLE_MACROS})
+    result = run_bash(script, tmp_path)
+    assert result.returncode == 0, result.stderr
+    if rolls_back:
+        assert log.read_text() == "rollback --env dev --to prod\n"
+    else:
+        assert not log.exists()
+        assert "nothing to roll back" in result.stdout
+
+
+def rotation_decision_script() -> str:
+    steps = load(TEMPLATES / "rotation.yml")["steps"]
+    return next(
+        step["parameters"]["script"] for step in steps if "expiry" in step.get("parameters", {}).get("displayName", "")
+    )
+
+
+@pytest.mark.parametrize(
+    ("secret", "rotates"),
+    [
+        ({"days_to_expiry": 80, "warning": None}, False),
+        ({"days_to_expiry": 21, "warning": None}, True),  # dev's secret.warn_days is 21
+        ({"days_to_expiry": 40, "warning": "expires soon"}, True),
+        ({"days_to_expiry": None, "warning": "no secret in Key Vault"}, True),
+        (None, True),
+    ],
+)
+def test_rotation_decision_follows_status_and_the_configured_warning_days(
+    tmp_path: Path, secret: dict[str, Any] | None, rotates: bool
+):
+    assert load_environment("dev").secret.warn_days == 21
+    fake_python(tmp_path, {"slots": {}} if secret is None else {"slots": {}, "secret": secret})
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    script = render(rotation_decision_script(), {"environment": "dev", "Build.ArtifactStagingDirectory": str(staging)})
+    result = run_bash(script, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"##vso[task.setvariable variable=rotateSecret]{'true' if rotates else 'false'}" in result.stdout
+
+
+def azure_step_script() -> str:
+    inputs = load(TEMPLATES / "azure-step.yml")["steps"][0]["inputs"]
+    assert (inputs["addSpnToEnvironment"], inputs["scriptType"]) == ("true", "bash")
+    return inputs["inlineScript"]
+
+
+@pytest.mark.parametrize("terraform", ["True", "False"])  # how Azure DevOps renders a boolean parameter
+def test_azure_step_gives_terraform_oidc_settings_without_printing_the_token(tmp_path: Path, terraform: str):
+    (tmp_path / "az").write_text("#!/bin/bash\necho 00000000-0000-0000-0000-00000000aaaa\n")
+    (tmp_path / "az").chmod(0o755)
+    script = render(azure_step_script(), {"script": "env | grep -E '^(ARM_|idToken|servicePrincipal)' | sort"})
+    result = run_bash(
+        script,
+        tmp_path,
+        PATH=f"{tmp_path}:{os.environ['PATH']}",
+        TERRAFORM_AUTH=terraform,
+        idToken="federated-token-text",
+        servicePrincipalId="client-id",
+        tenantId="tenant-id",
+        servicePrincipalKey="",
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    if terraform == "True":
+        assert lines == [
+            "##vso[task.setsecret]federated-token-text",  # the masker learns the token before anything else runs
+            "ARM_CLIENT_ID=client-id",
+            "ARM_OIDC_TOKEN=federated-token-text",
+            "ARM_SUBSCRIPTION_ID=00000000-0000-0000-0000-00000000aaaa",
+            "ARM_TENANT_ID=tenant-id",
+            "ARM_USE_OIDC=true",
+            "servicePrincipalId=client-id",
+        ]
+    else:
+        assert lines == ["servicePrincipalId=client-id"]
