@@ -180,7 +180,8 @@ class Outcome:
 
     @property
     def ok(self) -> bool:
-        return self.failed_step is None and not (self.role_drift or {}).get("drift", False)
+        drift = self.role_drift or {"checked": True, "drift": False}  # None: not reached (dry run, or failed before)
+        return self.failed_step is None and drift["checked"] and not drift["drift"]
 
     def as_dict(self) -> dict[str, Any]:
         document = {key: value for key, value in self.__dict__.items() if not key.startswith("_")}
@@ -272,10 +273,10 @@ def rotate(env: EnvConfig, options: Options, clients: Clients) -> Outcome:
     try:
         drift = role_drift.check(clients.authorization(outputs.subscription_id), env, outputs, _object_id(token))
     except Exception as error:
-        outcome.role_drift = {"drift": True, "error": outcome.describe(error)}
+        outcome.role_drift = {"checked": False, "drift": None, "error": outcome.describe(error)}
         outcome.record("role_drift", "failed", outcome.describe(error))
     else:
-        outcome.role_drift = {"drift": bool(drift), **drift.as_dict()}
+        outcome.role_drift = {"checked": True, "drift": bool(drift), **drift.as_dict()}
         outcome.record("role_drift", "drift" if drift else "done", drift.summary())
 
     # 5. store it as the vault's new latest version.

@@ -118,7 +118,7 @@ def test_rotation_stores_a_working_secret_and_keeps_the_previous_one_through_the
     kept_until = dt.datetime.fromisoformat(outcome.kept_until[world.previous.key_id])
     assert abs(kept_until - (NOW + dt.timedelta(hours=24))) < dt.timedelta(minutes=5)
     assert outcome.role_drift == {
-        "drift": False, "principal_id": world.fake.principal_id, "missing": [], "unexpected": []
+        "checked": True, "drift": False, "principal_id": world.fake.principal_id, "missing": [], "unexpected": []
     }
 
 
@@ -284,7 +284,8 @@ def test_role_check_failure_does_not_stop_the_rotation(world: World) -> None:
     outcome = world.rotate()
 
     assert outcome.failed_step is None and not outcome.ok
-    assert outcome.steps["role_drift"]["state"] == "failed" and outcome.role_drift["drift"] is True
+    assert outcome.steps["role_drift"]["state"] == "failed" and outcome.role_drift["checked"] is False
+    assert "InjectedFault" in outcome.role_drift["error"]
     assert world.assert_latest_version_authenticates()["tags"]["key-id"] == outcome.new_key_id
 
 
