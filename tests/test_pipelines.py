@@ -30,6 +30,7 @@ import yaml
 
 from config import PROJECT_ROOT, load_all, load_environment
 from deploy.cli import build_parser
+from deploy.status import render as render_status
 
 PIPELINES = PROJECT_ROOT / "pipelines"
 TEMPLATES = PIPELINES / "templates"
@@ -661,11 +662,45 @@ def rollback_script() -> str:
     )
 
 
+def status_document(prod_build: str | None, secret: dict[str, Any] | None) -> dict[str, Any]:
+    """A `status --json` document of an Azure environment, shaped as deploy.rollout.status builds it."""
+
+    def slot(name: str, build: str | None) -> dict[str, Any]:
+        serving = (
+            None if build is None else {"deployment": "churn-v7", "version": "7", "build": build, "state": "Succeeded"}
+        )
+        return {
+            "endpoint": f"churnservice-{name}-chrndev",
+            "url": None,
+            "state": "Succeeded",
+            "traffic": {"churn-v7": 100} if serving else {},
+            "serving": serving,
+            "previous": None,
+            "alias_version": "7" if serving else None,
+            "last_validation": None,
+        }
+
+    document = {"environment": "dev", "slots": {"stage": slot("stage", SAMPLE_BUILD), "prod": slot("prod", prod_build)}}
+    if secret is not None:
+        document["secret"] = {
+            "secret_name": "automation-client-secret",
+            "secret_present": True,
+            "secret_expires_on": None,
+            "secret_key_id": None,
+            "valid_password_credentials": 2,
+            "error": None,
+            "warning": None,
+            **secret,
+        }
+    render_status(document)  # the real renderer reads every key it needs, so the shape is the real one
+    return document
+
+
 @pytest.mark.parametrize(("serving", "rolls_back"), [(SAMPLE_BUILD, True), ("20261120.1", False), (None, False)])
 def test_failed_prod_release_rolls_back_only_when_prod_already_serves_the_build(
     tmp_path: Path, serving: str | None, rolls_back: bool
 ):
-    log = fake_python(tmp_path, {"slots": {"prod": {"build": serving}, "stage": {"build": SAMPLE_BUILD}}})
+    log = fake_python(tmp_path, status_document(serving, {"secret_days_to_expiry": 80}))
     script = render(rollback_script(), {"environment": "dev", **SAMPLE_MACROS})
     result = run_bash(script, tmp_path)
     assert result.returncode == 0, result.stderr
@@ -683,27 +718,37 @@ def rotation_decision_script() -> str:
     )
 
 
-@pytest.mark.parametrize(
-    ("secret", "rotates"),
-    [
-        ({"days_to_expiry": 80, "warning": None}, False),
-        ({"days_to_expiry": 21, "warning": None}, True),  # dev's secret.warn_days is 21
-        ({"days_to_expiry": 40, "warning": "expires soon"}, True),
-        ({"days_to_expiry": None, "warning": "no secret in Key Vault"}, True),
-        (None, True),
-    ],
-)
-def test_rotation_decision_follows_status_and_the_configured_warning_days(
-    tmp_path: Path, secret: dict[str, Any] | None, rotates: bool
-):
-    assert load_environment("dev").secret.warn_days == 21
-    fake_python(tmp_path, {"slots": {}} if secret is None else {"slots": {}, "secret": secret})
+def run_rotation_decision(tmp_path: Path, status: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    fake_python(tmp_path, status)
     staging = tmp_path / "staging"
     staging.mkdir()
     script = render(rotation_decision_script(), {"environment": "dev", "Build.ArtifactStagingDirectory": str(staging)})
-    result = run_bash(script, tmp_path)
+    return run_bash(script, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("secret", "rotates"),
+    [
+        ({"secret_days_to_expiry": 80}, False),
+        (
+            {"secret_days_to_expiry": 12, "warning": "secret expires in 12 days (warning at 21); run rotate-secret"},
+            True,
+        ),
+        ({"secret_present": False, "warning": "Key Vault has no secret; run rotate-secret to create it"}, True),
+    ],
+)
+def test_rotation_runs_when_status_warns_about_the_secret(tmp_path: Path, secret: dict[str, Any], rotates: bool):
+    result = run_rotation_decision(tmp_path, status_document(None, secret))
     assert result.returncode == 0, result.stderr
     assert f"##vso[task.setvariable variable=rotateSecret]{'true' if rotates else 'false'}" in result.stdout
+
+
+@pytest.mark.parametrize("secret", [{"error": "Key Vault could not be read"}, None])
+def test_rotation_check_fails_when_the_secret_state_is_unknown(tmp_path: Path, secret: dict[str, Any] | None):
+    result = run_rotation_decision(tmp_path, status_document(None, secret))
+    assert result.returncode == 1
+    assert "##vso[task.logissue type=error]the client secret's state is unknown" in result.stdout
+    assert "rotateSecret" not in result.stdout
 
 
 def azure_step_script() -> str:
