@@ -711,6 +711,27 @@ def test_failed_prod_release_rolls_back_only_when_prod_already_serves_the_build(
         assert "nothing to roll back" in result.stdout
 
 
+def state_backend_check() -> str:
+    steps = stage_map()["Infrastructure"]["jobs"][0]["strategy"]["runOnce"]["deploy"]["steps"]
+    return next(step["script"] for step in steps if "state_backend" in step.get("script", ""))
+
+
+def test_infrastructure_stops_before_terraform_when_state_would_stay_on_the_agent(tmp_path: Path):
+    fake_python(tmp_path, {})
+    check = render(state_backend_check(), {"environment": "dev"})
+    assert load_environment("dev").state_backend is None  # as shipped: local state, fine on a laptop only
+    refused = run_bash(check, tmp_path)
+    assert refused.returncode == 1
+    assert "environment dev has no [environments.dev.state_backend] in config/environments.toml" in refused.stderr
+    with_backend = tmp_path / "environments.toml"
+    with_backend.write_text(
+        (PROJECT_ROOT / "config" / "environments.toml").read_text()
+        + '\n[environments.dev.state_backend]\nresource_group = "rg-tfstate"\n'
+        'storage_account = "sttfstatechurn"\ncontainer = "tfstate"\n'
+    )
+    assert run_bash(check, tmp_path, CHURN_CONFIG=str(with_backend)).returncode == 0
+
+
 def rotation_decision_script() -> str:
     steps = load(TEMPLATES / "rotation.yml")["steps"]
     return next(
