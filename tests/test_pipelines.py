@@ -31,6 +31,7 @@ import yaml
 from config import PROJECT_ROOT, load_all, load_environment
 from deploy.cli import build_parser
 from deploy.status import render as render_status
+from deploy.training.build_id import check_build
 
 PIPELINES = PROJECT_ROOT / "pipelines"
 TEMPLATES = PIPELINES / "templates"
@@ -348,11 +349,14 @@ def test_every_deploy_command_in_the_pipelines_parses_with_the_real_cli():
 
 
 def test_train_and_release_carry_the_azure_devops_build_and_source():
+    # The run name is the build number: yyyyMMdd.r, e.g. 20261126.3, a valid build id for runs/<build>/.
+    assert load(MAIN)["name"] == "$(Date:yyyyMMdd).$(Rev:r)"
     for path, line, args in pipeline_commands():
         if args.command in ("train", "release"):
             assert args.build == SAMPLE_BUILD, f"{path.name}: `{line}` does not pass --build $(Build.BuildNumber)"
         if args.command == "train":
             assert args.source == "churn-mlops@0123456789abcdef", f"{path.name}: `{line}`"
+            check_build(args.build, args.source)  # the CLI's own check, before it starts anything
 
 
 def test_command_extraction_follows_continuations_and_stops_at_shell_operators():
