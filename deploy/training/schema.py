@@ -40,7 +40,7 @@ def read_churn_csv(source: str | Path, text: str | None = None) -> pd.DataFrame:
 
 def check_churn_frame(frame: pd.DataFrame, source: str) -> pd.DataFrame:
     """Check a churn table already in memory (see the module docstring); returns a typed copy."""
-    missing = [name for name in REQUIRED_COLUMNS if name not in frame.columns]
+    missing = [name for name in COLUMNS if name in REQUIRED_COLUMNS and name not in frame.columns]
     if missing:
         raise UsageError(
             f"churn CSV {source} lacks column {missing[0]}"
