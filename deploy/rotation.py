@@ -117,13 +117,8 @@ class Clients:
     def secrets(self, vault_url: str) -> SecretClient:
         from azure.keyvault.secrets import SecretClient
 
-        # SecretClient checks that the vault's host lies under the resource its auth challenge names
-        # (*.vault.azure.net); a vault outside the configured cloud's vault domain can't pass that.
-        vault_host = urlparse(vault_url).hostname or ""
-        in_domain = vault_host.endswith("." + (urlparse(self.env.cloud.key_vault_resource).hostname or ""))
-        return SecretClient(
-            vault_url, self.admin_credential(), verify_challenge_resource=in_domain, **self._transport
-        )
+        verify = in_vault_domain(vault_url, self.env.cloud.key_vault_resource)
+        return SecretClient(vault_url, self.admin_credential(), verify_challenge_resource=verify, **self._transport)
 
     def authorization(self, subscription_id: str) -> AuthorizationManagementClient:
         from azure.mgmt.authorization import AuthorizationManagementClient
@@ -133,6 +128,16 @@ class Clients:
             self.admin_credential(), subscription_id, base_url=manager, credential_scopes=[scope(manager)],
             **self._transport,
         )
+
+
+def in_vault_domain(vault_url: str, key_vault_resource: str) -> bool:
+    """Is the vault under the cloud's vault domain (https://x.vault.azure.net under https://vault.azure.net)?
+
+    SecretClient checks exactly this against the resource its auth challenge names; a vault outside
+    the configured cloud's domain (an endpoint override) can't pass that check, so it is skipped there.
+    """
+    domain = urlparse(key_vault_resource).hostname or ""
+    return bool(domain) and (urlparse(vault_url).hostname or "").endswith("." + domain)
 
 
 @dataclass(frozen=True)

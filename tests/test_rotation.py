@@ -17,7 +17,16 @@ from config import EnvConfig, load_environment
 from deploy import role_drift
 from deploy.graph import PasswordCredential
 from deploy.outputs import load_outputs
-from deploy.rotation import CONTENT_TYPE, Clients, Options, Outcome, prune_plan, rotate, secret_status
+from deploy.rotation import (
+    CONTENT_TYPE,
+    Clients,
+    Options,
+    Outcome,
+    in_vault_domain,
+    prune_plan,
+    rotate,
+    secret_status,
+)
 from tests.fakes_azure import (
     CONTAINER_ID,
     ENV_NAME,
@@ -380,3 +389,23 @@ def test_secret_status_reports_what_it_could_not_read(world: World) -> None:
 
     assert status["valid_password_credentials"] is None and "Graph could not be read" in status["error"]
     assert status["warning"].startswith("secret state unknown")
+
+
+# --- sovereign clouds ----------------------------------------------------------------------------------
+
+
+def test_clients_take_every_endpoint_from_the_cloud_config(write_config) -> None:
+    config = write_config(
+        '[environments.gov]\nprefix = "govx"\nlocation = "usgovvirginia"\ncloud = "AzureUSGovernment"\n'
+    )
+    env = load_environment("gov", config)
+    clients = Clients(env, admin_credential=ClientSecretCredential("t", "c", "s"))
+
+    assert clients.graph()._base_url == "https://graph.microsoft.us/v1.0"
+    assert clients.authorization(SUBSCRIPTION_ID)._client._base_url == "https://management.usgovcloudapi.net"
+    # a Microsoft authority keeps MSAL's instance discovery; the local fake's authority (above) turns it off
+    assert clients._identity["authority"] == "https://login.microsoftonline.us"
+    assert clients._identity["disable_instance_discovery"] is False
+    assert in_vault_domain("https://kv-govx-ops.vault.usgovcloudapi.net/", env.cloud.key_vault_resource)
+    assert not in_vault_domain("https://kv-govx-ops.vault.azure.net/", env.cloud.key_vault_resource)
+    assert not in_vault_domain("https://127.0.0.1:8443/", env.cloud.key_vault_resource)
