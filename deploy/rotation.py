@@ -175,7 +175,7 @@ class Outcome:
         self.record(step, "failed", describe(error))
         self.failed_step = step
         self.environment_state = environment_state
-        logger.debug("step %s failed", step, exc_info=error)
+        logger.info("step %s failed", step, exc_info=error)  # the traceback, shown with --debug
 
     def describe(self, error: BaseException) -> str:
         return self._scrub(describe(error))
