@@ -24,9 +24,6 @@ from stacks.ml_workspace import MachineLearning
 from stacks.secrets import SecretStore
 from stacks.storage import ChurnDataStorage
 
-# Outputs that only exist once the jobs do; the copy of the outputs inside the workspace omits nothing else.
-JOB_OUTPUTS = ("train_job_id", "deploy_job_id")
-
 
 class ChurnPlatformStack(TerraformStack):
     def __init__(self, scope: Construct, env: EnvConfig, *, source_root: Path = PROJECT_ROOT):
@@ -77,6 +74,7 @@ class ChurnPlatformStack(TerraformStack):
         }
         for name, value in outputs.items():
             TerraformOutput(self, name, value=value)
+        # All of them, job ids included: the notebooks' `load_outputs` requires every name, like the CLI's.
         databricks.publish_outputs(outputs)
 
     def _configure_terraform(self, env: EnvConfig) -> None:

@@ -8,6 +8,7 @@ literal is never taken for a reference. The stacks are synthesized by the real a
 
 from __future__ import annotations
 
+import graphlib
 import json
 import os
 import re
@@ -122,14 +123,21 @@ def references(expression: str) -> Iterator[tuple[str, str]]:
 def undeclared(document: dict[str, Any]) -> tuple[list[str], int]:
     """(problems, number of references checked) for one synthesized stack."""
     problems, checked = [], 0
-    for where, text, is_reference in _expressions(document):
-        found = [("ref", text)] if is_reference else [r for inner in templates(text) for r in references(inner)]
-        for kind, name in found:
-            checked += 1
-            problem = _check(document, kind, name)
-            if problem:
-                problems.append(f"{where}: {problem}")
+    for where, kind, name in found_in(document):
+        checked += 1
+        problem = _check(document, kind, name)
+        if problem:
+            problems.append(f"{where}: {problem}")
     return problems, checked
+
+
+def found_in(node: Any) -> Iterator[tuple[str, str, str]]:
+    """(path, "ref" or "call", name) for every reference and function call in a block of configuration."""
+    for where, text, is_reference in _expressions(node):
+        if is_reference:
+            yield where, "ref", text
+        else:
+            yield from ((where, kind, name) for inner in templates(text) for kind, name in references(inner))
 
 
 def _expressions(node: Any, where: str = "") -> Iterator[tuple[str, str, bool]]:
@@ -164,6 +172,23 @@ def _check(document: dict[str, Any], kind: str, name: str) -> str | None:
     return None if declared else f"{name} is not declared"
 
 
+def dependency_graph(document: dict[str, Any]) -> dict[str, set[str]]:
+    """Every resource, data source, local and output -> what its configuration references."""
+    blocks = {f"local.{name}": body for name, body in document.get("locals", {}).items()}
+    blocks.update({f"output.{name}": body for name, body in document.get("output", {}).items()})
+    for prefix, block in (("", "resource"), ("data.", "data")):
+        for kind, items in document.get(block, {}).items():
+            blocks.update({f"{prefix}{kind}.{name}": body for name, body in items.items()})
+    return {
+        node: {_node(name) for _, kind, name in found_in(body) if kind == "ref"} for node, body in blocks.items()
+    }
+
+
+def _node(reference: str) -> str:
+    parts = re.split(r"\.|\[", reference)
+    return ".".join(parts[:3] if parts[0] == "data" else parts[:2])
+
+
 # --- the synthesized stacks --------------------------------------------------------------------
 
 
@@ -190,9 +215,17 @@ def test_every_reference_resolves(stacks, stack):
 
 
 @pytest.mark.parametrize("stack", ["churn-dev", "churn-prod"])
+def test_dependencies_have_no_cycle(stacks, stack):
+    graph = dependency_graph(stacks[stack])
+    order = list(graphlib.TopologicalSorter(graph).static_order())  # raises CycleError on a cycle
+    assert order.index("azurerm_resource_group.group") < order.index("output.resource_group")
+    outputs_file = next(node for node in graph if node.startswith("databricks_workspace_file.databricks_file_outputs"))
+    assert {"databricks_job", "databricks_directory"} <= {node.split(".")[0] for node in graph[outputs_file]}
+
+
+@pytest.mark.parametrize("stack", ["churn-dev", "churn-prod"])
 def test_every_kind_of_reference_is_read(stacks, stack):
-    found = {(kind, name.split(".")[0]) for _, text, bare in _expressions(stacks[stack]) if not bare
-             for inner in templates(text) for kind, name in references(inner)}
+    found = {(kind, name.split(".")[0]) for _, kind, name in found_in(stacks[stack])}
     assert {("ref", "data"), ("ref", "local"), ("ref", "azurerm_key_vault"), ("call", "base64encode"),
             ("call", "jsonencode")} <= found
 
@@ -251,6 +284,12 @@ def test_reader_checks_depends_on():
 def test_metadata_is_not_read_as_configuration():
     document = {**DOCUMENT, "//": {"metadata": {"note": "${nothing.here.at_all}"}}}
     assert undeclared(document) == ([], 0)
+
+
+def test_a_cycle_is_detected():
+    document = {"resource": {"a": {"x": {"v": "${b.y.id}"}}, "b": {"y": {"depends_on": ["a.x"]}}}}
+    with pytest.raises(graphlib.CycleError):
+        list(graphlib.TopologicalSorter(dependency_graph(document)).static_order())
 
 
 def test_unclosed_template_is_an_error():
