@@ -20,6 +20,7 @@ from cdktn import Fn, TerraformLocal
 from cdktn_provider_azurerm.databricks_workspace import DatabricksWorkspace
 from cdktn_provider_azurerm.key_vault import KeyVault
 from cdktn_provider_azurerm.resource_group import ResourceGroup
+from cdktn_provider_azurerm.role_assignment import RoleAssignment
 from cdktn_provider_databricks.data_databricks_node_type import DataDatabricksNodeType
 from cdktn_provider_databricks.data_databricks_spark_version import DataDatabricksSparkVersion
 from cdktn_provider_databricks.directory import Directory
@@ -27,6 +28,7 @@ from cdktn_provider_databricks.job import (
     Job,
     JobJobCluster,
     JobJobClusterNewCluster,
+    JobQueue,
     JobRunAs,
     JobTask,
     JobTaskLibrary,
@@ -63,9 +65,9 @@ class MissingSource(Exception):
 class DatabricksPlatform(Construct):
     def __init__(
         self, scope: Construct, id_: str, *, env: EnvConfig, resource_group: ResourceGroup, vault: KeyVault,
-        automation_client_id: str, source_root: Path, after: list[Construct],
+        automation_client_id: str, source_root: Path, vault_access: RoleAssignment,
     ):
-        """`after`: what must exist before the secret scope works (the vault's role assignment for Databricks)."""
+        """`vault_access`: the AzureDatabricks app's role on `vault`, which the secret scope needs to work."""
         super().__init__(scope, id_)
         self._env = env
         self._source_root = source_root
@@ -82,7 +84,7 @@ class DatabricksPlatform(Construct):
         self.scope = SecretScope(
             self, "secret_scope", name=SECRET_SCOPE, backend_type="AZURE_KEYVAULT",
             keyvault_metadata=SecretScopeKeyvaultMetadata(resource_id=vault.id, dns_name=vault.vault_uri),
-            depends_on=after,
+            depends_on=[vault_access],
         )
         # The automation identity becomes a workspace principal, so jobs can run as it and it can read the scope.
         self.automation = ServicePrincipal(
@@ -175,9 +177,11 @@ class DatabricksPlatform(Construct):
             ],
             run_as=JobRunAs(service_principal_name=self.automation_id),
             timeout_seconds=self._env.training.job_timeout_minutes * 60,
-            # One run at a time: a second trigger of the same build queues behind the first instead of
-            # racing it for the same runs/<build>/ audit files and MLflow tags.
+            # One run at a time: two runs of a build would race for its runs/<build>/ audit files and MLflow
+            # tags (train), or for the same endpoint's traffic (deploy). A second trigger waits in the queue
+            # instead of being skipped.
             max_concurrent_runs=1,
+            queue=JobQueue(enabled=True),
             tags=self._env.tags,
         )
         Permissions(

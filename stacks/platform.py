@@ -52,7 +52,8 @@ class ChurnPlatformStack(TerraformStack):
         )
         databricks = DatabricksPlatform(
             self, "databricks", env=env, resource_group=resource_group, vault=secrets.vault,
-            automation_client_id=identity.client_id, source_root=source_root, after=[secrets.databricks_access],
+            automation_client_id=identity.client_id, source_root=source_root,
+            vault_access=secrets.databricks_access,
         )
         outputs = {
             "subscription_id": client.subscription_id,

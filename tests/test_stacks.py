@@ -489,7 +489,7 @@ def test_jobs_run_the_notebooks_as_the_automation_identity(docs, envs, key):
         job_id, job = one(doc, "databricks_job", name=f"churn-{name}")
         assert job["run_as"] == {"service_principal_name": runner}
         assert job["timeout_seconds"] == env.training.job_timeout_minutes * 60
-        assert job["max_concurrent_runs"] == 1
+        assert (job["max_concurrent_runs"], job["queue"]) == (1, {"enabled": True})
         (cluster,) = job["job_cluster"]
         assert cluster["new_cluster"]["spark_version"] == ref("data.databricks_spark_version", runtime_id, "id")
         assert cluster["new_cluster"]["node_type_id"] == ref("data.databricks_node_type", node_id, "id")
