@@ -65,6 +65,7 @@ def train_on_databricks(args: argparse.Namespace, env: EnvConfig, build: str, so
     job_run = jobs.run_training(
         client, outputs.train_job_id, build, source,
         force=args.force, wait=not args.no_wait, timeout_minutes=jobs.wait_budget_minutes(env),
+        poll_seconds=jobs.POLL_SECONDS,
     )
     trained = job_run.notebook_result or {}
     return {
