@@ -89,13 +89,22 @@ def custom_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def cdk_app(outdir: Path) -> Any:
+    """A cdktn test app writing into a pytest folder (left alone, it leaves cdktf.outdir.* folders in TMPDIR)."""
+    return CdkTesting.app(outdir=str(outdir))
+
+
 @pytest.fixture(scope="module")
-def synthesized(source_root: Path, custom_config: Path) -> dict[str, tuple[Any, str]]:
+def synthesized(
+    source_root: Path, custom_config: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, tuple[Any, str]]:
     """{"dev" | "prod" | "custom": (EnvConfig, synthesized JSON text)}."""
     shipped = load_all()
     envs = {"dev": shipped["dev"], "prod": shipped["prod"], "custom": load_environment("dev", custom_config)}
     return {
-        key: (env, CdkTesting.synth(ChurnPlatformStack(CdkTesting.app(), env, source_root=source_root)))
+        key: (env, CdkTesting.synth(ChurnPlatformStack(
+            cdk_app(tmp_path_factory.mktemp(key)), env, source_root=source_root
+        )))
         for key, env in envs.items()
     }
 
@@ -340,7 +349,7 @@ def test_nobody_is_granted_owner(docs, key):
     assert not roles & {"Owner", "User Access Administrator", "Role Based Access Control Administrator"}
 
 
-def test_duplicate_role_assignment_is_a_config_error(write_config, source_root):
+def test_duplicate_role_assignment_is_a_config_error(write_config, source_root, tmp_path):
     text = SHIPPED_CONFIG.read_text().replace(
         '{ role = "Storage Blob Data Contributor", scope = "data_container" },',
         '{ role = "Storage Blob Data Contributor", scope = "data_container" },\n'
@@ -348,7 +357,7 @@ def test_duplicate_role_assignment_is_a_config_error(write_config, source_root):
     )
     env = load_environment("dev", write_config(text))
     with pytest.raises(ConfigError, match=r"environment 'dev' key 'role_assignments\[2\]': .*listed twice"):
-        ChurnPlatformStack(CdkTesting.app(), env, source_root=source_root)
+        ChurnPlatformStack(cdk_app(tmp_path / "out"), env, source_root=source_root)
 
 
 # --- Key Vault ----------------------------------------------------------------------------------
@@ -565,7 +574,7 @@ def _unwrap(value: str) -> str:
 def test_missing_notebook_is_a_clear_error(tmp_path):
     (tmp_path / "Pipfile.lock").write_text("{}")
     with pytest.raises(MissingSource, match=r"notebooks/train_churn\.py not found"):
-        ChurnPlatformStack(CdkTesting.app(), load_environment("dev"), source_root=tmp_path)
+        ChurnPlatformStack(cdk_app(tmp_path / "out"), load_environment("dev"), source_root=tmp_path)
 
 
 # --- the app and the summary --------------------------------------------------------------------
