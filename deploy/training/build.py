@@ -9,6 +9,7 @@ A build that already has a finished run is reported, not retrained, unless `forc
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,10 @@ from deploy.training.build_id import check_build
 if TYPE_CHECKING:
     import pandas as pd
     from azure.core.credentials import TokenCredential
+
+ROC_CURVE_ARTIFACT = "roc_curve.png"
+TAG_SUPERSEDED_BY = "superseded_by"  # on a run replaced by a forced retrain of its build
+
 
 @dataclass(frozen=True)
 class TrainResult:
@@ -61,11 +66,10 @@ def train_build(
         raise UsageError(f"--data is for the local environment only; '{env.name}' reads its data container")
     tracking.use_environment(env, outputs)
     experiment_id = tracking.ensure_experiment(env)
-    if not force:
-        existing = find_finished_run(experiment_id, build)
-        if existing is not None:
-            progress(f"build {build} already has finished run {existing.run_id}; reporting it (--force retrains)")
-            return existing
+    existing = find_finished_run(experiment_id, build)
+    if existing is not None and not force:
+        progress(f"build {build} already has finished run {existing.run_id}; reporting it (--force retrains)")
+        return existing
 
     root = tracking.data_root(env, outputs)
     if not env.is_local and credential is None:
@@ -80,20 +84,15 @@ def train_build(
     storage.write_text(train_location, parts.train.to_csv(index=False), credential)
     storage.write_text(test_location, parts.test.to_csv(index=False), credential)
     progress(f"wrote the audit trail: {train_location} ({len(parts.train)} rows), {test_location} ({len(parts.test)})")
-    return _train_and_log(experiment_id, build, source, parts, seed, source_location, train_location, test_location)
+    result = _train_and_log(experiment_id, build, source, parts, seed, source_location, train_location, test_location)
+    if existing is not None:
+        _supersede(experiment_id, build, result.run_id)
+    return result
 
 
 def find_finished_run(experiment_id: str, build: str) -> TrainResult | None:
     """The newest finished run tagged with `build`, if any."""
-    import mlflow
-
-    runs = mlflow.search_runs(
-        experiment_ids=[experiment_id],
-        filter_string=f"tags.{contract.TAG_BUILD} = '{build}' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-        output_format="list",
-    )
+    runs = _finished_runs(experiment_id, build)
     if not runs:
         return None
     run = runs[0]
@@ -110,12 +109,40 @@ def find_finished_run(experiment_id: str, build: str) -> TrainResult | None:
     )
 
 
+def _finished_runs(experiment_id: str, build: str) -> list[Any]:
+    """The build's finished runs, newest first."""
+    import mlflow
+
+    return mlflow.search_runs(
+        experiment_ids=[experiment_id],
+        filter_string=f"tags.{contract.TAG_BUILD} = '{build}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        output_format="list",
+    )
+
+
+def _supersede(experiment_id: str, build: str, new_run_id: str) -> None:
+    """Keep one finished run per build (what the rollout looks a build up by): a forced retrain's older
+    runs are tagged with their successor and deleted. MLflow deletes softly: `mlflow runs restore`
+    brings one back, and model versions registered from it keep working."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    for run in _finished_runs(experiment_id, build):
+        if run.info.run_id == new_run_id:
+            continue
+        client.set_tag(run.info.run_id, TAG_SUPERSEDED_BY, new_run_id)
+        client.delete_run(run.info.run_id)
+        progress(f"run {run.info.run_id} of build {build} is superseded by {new_run_id} and deleted (restorable)")
+
+
 def _read_source(
     env: EnvConfig, root: str, data_csv: Path | None, credential: TokenCredential | None
 ) -> tuple[pd.DataFrame, str]:
     location = str(data_csv) if data_csv is not None else storage.join(root, contract.SOURCE_DATA_PATH)
-    if env.is_local and data_csv is None and synthetic.write_if_missing(Path(location)):
-        progress(f"wrote {synthetic.DEFAULT_ROWS} rows of synthetic churn data to {location}")
+    written = synthetic.write_if_missing(Path(location)) if env.is_local and data_csv is None else 0
+    if written:
+        progress(f"wrote {written} rows of synthetic churn data to {location}")
     try:
         text = storage.read_text(location, credential)
     except FileNotFoundError:
@@ -154,6 +181,7 @@ def _train_and_log(
         found = model.search(parts.train, seed)
         progress(f"searched {found.candidates} candidates in {time.monotonic() - started:.1f}s: {found.best_params}")
         metrics = model.evaluate(found.model, parts.test)
+        scores = ", ".join(f"{name} {value:.3f}" for name, value in metrics.items())
         params = {
             "random_seed": seed,
             "test_size": model.TEST_SIZE,
@@ -167,12 +195,13 @@ def _train_and_log(
             "train_rows": len(parts.train),
             "test_rows": len(parts.test),
         }
+        metrics["search_cv_auc"] = found.cv_auc
         mlflow.log_params(params)
-        mlflow.log_metrics({**metrics, "search_cv_auc": found.cv_auc})
+        mlflow.log_metrics(metrics)
         figure = model.roc_figure(found.model, parts.test, f"churn build {build}")
-        mlflow.log_figure(figure, "roc_curve.png")
+        mlflow.log_figure(figure, ROC_CURVE_ARTIFACT)
+        model.close_figure(figure)
         _log_model(found.model, parts)
-        scores = ", ".join(f"{name} {value:.3f}" for name, value in metrics.items())
         progress(f"logged run {run.info.run_id}: {scores}")
     return TrainResult(
         run_id=run.info.run_id,
@@ -191,14 +220,15 @@ def _log_model(fitted: Any, parts: model.Split) -> None:
     from mlflow.models import infer_signature
 
     features = parts.train[list(contract.FEATURES)]
-    # Numbers are declared as doubles: integer inputs still pass (MLflow widens them), and a
-    # client that sends 42.0 for Age, or a missing value, is not refused by schema enforcement.
-    numbers = list(contract.NUMERIC_FEATURES)
-    features = features.astype(dict.fromkeys(numbers, "float64"))
+    with warnings.catch_warnings():
+        # The integer columns (Age, Tenure, ...) are integers in the table and in every request; MLflow's
+        # hint that integers cannot be missing changes nothing here, and a double schema would refuse them.
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
+        signature = infer_signature(features, fitted.predict(features))
     mlflow.sklearn.log_model(
         fitted,
         name=contract.MODEL_ARTIFACT_PATH,
-        signature=infer_signature(features, fitted.predict(features)),
+        signature=signature,
         input_example=features.head(5),
         # Explicit: inferring them runs a subprocess that costs ~7 s.
         pip_requirements=model_requirements(),

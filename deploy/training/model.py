@@ -129,3 +129,10 @@ def roc_figure(model: Pipeline, test: pd.DataFrame, title: str) -> Any:
     axes.legend(loc="lower right")
     figure.tight_layout()
     return figure
+
+
+def close_figure(figure: Any) -> None:
+    """Free a figure from `roc_figure` (pyplot keeps every open figure alive)."""
+    from matplotlib import pyplot
+
+    pyplot.close(figure)

@@ -56,10 +56,12 @@ def check_churn_frame(frame: pd.DataFrame, source: str) -> pd.DataFrame:
         frame[name] = _numeric(frame[name], name, source)
     for name in CATEGORICAL_FEATURES:
         frame[name] = frame[name].astype(str)
-    labels = set(frame[LABEL].unique())
-    if not labels <= {0, 1}:
-        bad = sorted(labels - {0, 1})[0]
-        raise UsageError(f"churn CSV {source}: column {LABEL} holds {bad!r}; expected 0 or 1")
+    not_binary = ~frame[LABEL].isin((0, 1))
+    if not_binary.any():
+        row = int(not_binary.to_numpy().nonzero()[0][0])
+        raise UsageError(
+            f"churn CSV {source}: column {LABEL} holds {frame[LABEL].iloc[row]} on line {row + 2}; expected 0 or 1"
+        )
     frame[LABEL] = frame[LABEL].astype(int)
     counts = frame[LABEL].value_counts()
     if min(counts.get(0, 0), counts.get(1, 0)) < MIN_ROWS_PER_CLASS:

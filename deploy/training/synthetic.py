@@ -79,15 +79,17 @@ def generate(rows: int = DEFAULT_ROWS, seed: int = DEFAULT_SEED) -> pd.DataFrame
     return frame[list(COLUMNS)]
 
 
-def write_if_missing(path: Path, rows: int = DEFAULT_ROWS, seed: int = DEFAULT_SEED) -> bool:
-    """Write the synthetic table to `path` unless a file is already there; True when it wrote."""
+def write_if_missing(path: Path, rows: int | None = None, seed: int = DEFAULT_SEED) -> int:
+    """Write `rows` (default DEFAULT_ROWS) synthetic customers to `path` unless a file is already there;
+    returns how many rows it wrote (0 when the file existed)."""
     if path.exists():
-        return False
+        return 0
+    rows = rows or DEFAULT_ROWS
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     generate(rows, seed).to_csv(partial, index=False)
     partial.replace(path)  # never leave a half-written table where training looks for one
-    return True
+    return rows
 
 
 def _sigmoid(values: np.ndarray) -> np.ndarray:
