@@ -167,6 +167,7 @@ class EnvConfig:
     tags: dict[str, str]
     purge_protection: bool
     outputs_file: Path
+    key_vault_allowed_ips: tuple[str, ...] = ()
     role_assignments: tuple[RoleAssignment, ...] = ()
     federation: Federation | None = None
     state_backend: StateBackend | None = None
@@ -329,6 +330,7 @@ def _build(name: str, table: dict[str, Any]) -> EnvConfig:
         location=table["location"],
         subscription_id=table.get("subscription_id"),
         purge_protection=table.get("purge_protection", True),
+        key_vault_allowed_ips=tuple(table.get("key_vault_allowed_ips", ())),
         outputs_file=PROJECT_ROOT / table.get("outputs_file", f"outputs/churn-{name}.json"),
         role_assignments=roles,
         federation=Federation(**table["federation"]) if "federation" in table else None,

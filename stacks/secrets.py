@@ -44,7 +44,9 @@ def hardened_key_vault(
         rbac_authorization_enabled=rbac,
         soft_delete_retention_days=SOFT_DELETE_DAYS,
         purge_protection_enabled=env.purge_protection,
-        network_acls=KeyVaultNetworkAcls(default_action="Deny", bypass="AzureServices"),
+        network_acls=KeyVaultNetworkAcls(
+            default_action="Deny", bypass="AzureServices", ip_rules=list(env.key_vault_allowed_ips) or None
+        ),
         tags=env.tags,
     )
 

@@ -48,6 +48,7 @@ role_assignments = [
 ]
 federation = { issuer = "https://vstoken.dev.azure.com/0000-org", subject = "sc://contoso/churn/churn-dev" }
 state_backend = { resource_group = "rg-tfstate", storage_account = "sttfstate001", container = "tfstate" }
+key_vault_allowed_ips = ["203.0.113.0/28"]
 
 [environments.dev.training]
 job_timeout_minutes = 45
@@ -370,7 +371,9 @@ def test_ops_key_vault_is_rbac_soft_deleted_firewalled_and_purge_protected_per_e
     assert vault["rbac_authorization_enabled"] is True
     assert vault["purge_protection_enabled"] is env.purge_protection
     assert vault["soft_delete_retention_days"] == 90
-    assert vault["network_acls"] == {"default_action": "Deny", "bypass": "AzureServices"}
+    # Only the configured addresses (e.g. self-hosted agents that run rotate-secret) pass the firewall.
+    allowed = {"ip_rules": list(env.key_vault_allowed_ips)} if env.key_vault_allowed_ips else {}
+    assert vault["network_acls"] == {"default_action": "Deny", "bypass": "AzureServices", **allowed}
     assert vault["tenant_id"] == ref("data.azurerm_client_config", "client", "tenant_id")
     assert "access_policy" not in vault
 
