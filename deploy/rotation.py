@@ -50,8 +50,9 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from config import CLOUDS, EnvConfig
-from deploy.azure_auth import scope
+from config import EnvConfig
+from deploy import azure_auth
+from deploy.azure_auth import identity_options, scope
 from deploy.errors import DeployError, UsageError
 from deploy.outputs import StackOutputs, load_outputs
 from deploy.report import emit_json, heartbeat, progress
@@ -88,19 +89,13 @@ class Clients:
     ):
         self.env = env
         self._admin = admin_credential
+        self._connection_verify = connection_verify
         self._transport: dict[str, Any] = {"connection_verify": connection_verify} if connection_verify else {}
-        # MSAL checks an authority against Microsoft's list of clouds ("instance discovery"), which an
-        # authority outside those clouds (Azure Stack, a private test service) is not on.
-        known = env.cloud.authority_host.rstrip("/") in {cloud.authority_host for cloud in CLOUDS.values()}
-        self._identity: dict[str, Any] = {
-            **self._transport, "authority": env.cloud.authority_host, "disable_instance_discovery": not known
-        }
+        self._identity = identity_options(env, connection_verify)
 
     def admin_credential(self) -> TokenCredential:
         if self._admin is None:
-            from azure.identity import DefaultAzureCredential
-
-            self._admin = DefaultAzureCredential(exclude_interactive_browser_credential=True, **self._identity)
+            self._admin = azure_auth.credential(self.env, self._connection_verify)
         return self._admin
 
     def app_credential(self, tenant_id: str, client_id: str, secret: str) -> TokenCredential:
