@@ -1,0 +1,121 @@
+"""Smoke validation of a deployment before it takes traffic.
+
+Test-set rows go through the deployment one request each, so the latency is per request as a
+caller sees it. The deployment passes when every request answers, every prediction equals the
+offline prediction of the same model version, and the p95 latency is within the bound.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from config import Validation
+from deploy.contract import FEATURES
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+Invoke = Callable[["pd.DataFrame"], list[Any]]
+
+
+@dataclass(frozen=True)
+class SmokeResult:
+    passed: bool
+    rows: int  # rows sent
+    errors: int
+    mismatches: int
+    p95_ms: float | None
+    max_p95_ms: float
+    reasons: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        return summary(self.as_dict())
+
+
+def summary(result: dict[str, Any]) -> str:
+    """One line for a validation result (a SmokeResult as a dict, e.g. read back from a tag)."""
+    latency = "no answer" if result["p95_ms"] is None else f"p95 {result['p95_ms']:.0f} ms"
+    return f"{result['rows']} rows, {result['errors']} errors, {result['mismatches']} mismatches, {latency}"
+
+
+def sample(test: pd.DataFrame, policy: Validation) -> pd.DataFrame:
+    """The rows to score: the first `policy.rows` of the test set, features only (deterministic)."""
+    return test[list(FEATURES)].head(policy.rows).reset_index(drop=True)
+
+
+def offline_predictions(model_uri: str, rows: pd.DataFrame) -> list[Any]:
+    """What the model version predicts in-process, through the same pyfunc interface the server uses."""
+    from deploy.registry import load_model
+
+    model = load_model(model_uri)
+    schema = model.metadata.get_input_schema()
+    if schema is not None and schema.has_input_names():
+        # As the scoring server does with a JSON request: columns take the signature's types
+        # (schema enforcement refuses int64 where the signature says double).
+        rows = rows.astype({spec.name: spec.type.to_pandas() for spec in schema.inputs if spec.name in rows})
+    predictions = model.predict(rows)
+    return predictions.tolist() if hasattr(predictions, "tolist") else list(predictions)
+
+
+def validate(invoke: Invoke, rows: pd.DataFrame, expected: list[Any], policy: Validation) -> SmokeResult:
+    """Send each row through `invoke`; the first error ends the run (one is already too many).
+
+    A first, untimed request warms the deployment up (lazy imports, first-call caches): p95 is
+    about serving, not about start-up. Its answer is checked like the others.
+    """
+    latencies: list[float] = []
+    errors = mismatches = sent = 0
+    reasons: list[str] = []
+    for position, index in enumerate([0, *range(len(rows))]):
+        started = time.perf_counter()
+        try:
+            answer = invoke(rows.iloc[[index]])
+        except Exception as exc:  # any failure of the request counts as an error
+            errors += 1
+            reasons.append(f"row {index}: {type(exc).__name__}: {str(exc).strip()[:200]}")
+            break
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        if len(answer) != 1:
+            errors += 1
+            reasons.append(f"row {index}: expected 1 prediction, got {len(answer)}")
+            break
+        if position == 0:
+            continue  # the warm-up
+        sent += 1
+        latencies.append(elapsed_ms)
+        if not same(answer[0], expected[index]):
+            mismatches += 1
+            if mismatches == 1:
+                reasons.append(f"row {index}: predicted {answer[0]!r}, the offline model predicts {expected[index]!r}")
+    p95 = percentile(latencies, 95) if latencies else None
+    if mismatches:
+        reasons.append(f"{mismatches} of {sent} predictions differ from the offline predictions")
+    if p95 is not None and p95 > policy.max_p95_ms:
+        reasons.append(f"p95 latency {p95:.0f} ms exceeds {policy.max_p95_ms:.0f} ms")
+    return SmokeResult(
+        passed=not reasons, rows=sent, errors=errors, mismatches=mismatches,
+        p95_ms=None if p95 is None else round(p95, 1), max_p95_ms=policy.max_p95_ms, reasons=tuple(reasons),
+    )
+
+
+def same(served: Any, offline: Any) -> bool:
+    """Equal predictions; numbers within float round-trip error (JSON carries them as text)."""
+    if isinstance(served, list) and isinstance(offline, list):
+        return len(served) == len(offline) and all(map(same, served, offline))
+    if isinstance(served, int | float) and isinstance(offline, int | float):
+        return math.isclose(served, offline, rel_tol=1e-6, abs_tol=1e-9)
+    return served == offline
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The nearest-rank percentile (no interpolation: with 50 requests, p95 is a request that happened)."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]

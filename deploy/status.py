@@ -1,0 +1,54 @@
+"""`python -m deploy status`: the slots of an environment (and, on Azure, the automation secret)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from config import EnvConfig
+from deploy.errors import OK
+from deploy.report import emit_json
+
+
+def run(args: argparse.Namespace, env: EnvConfig) -> int:
+    from deploy.rollout import status
+
+    document = status(env, outputs=args.outputs)
+    if args.json:
+        emit_json(document)
+    else:
+        print(render(document))
+    return OK
+
+
+def render(document: dict[str, Any]) -> str:
+    lines = [f"environment {document['environment']}"]
+    for slot, info in document["slots"].items():
+        lines.append(f"{slot}: {info['endpoint']} ({info['state']})")
+        lines.append(f"  url:        {info['url'] or '-'}")
+        lines.append(f"  serving:    {_version(info['serving'])}")
+        lines.append(f"  previous:   {_version(info['previous'])}")
+        traffic = ", ".join(f"{name} {share}%" for name, share in sorted(info["traffic"].items())) or "-"
+        lines.append(f"  traffic:    {traffic}")
+        lines.append(f"  alias:      {slot} -> version {info['alias_version'] or '-'}")
+        lines.append(f"  validation: {_validation(info['last_validation'])}")
+    if "secret" in document:
+        lines.append("secret:")
+        lines.extend(f"  {key}: {value}" for key, value in sorted(document["secret"].items()))
+    return "\n".join(lines)
+
+
+def _version(deployment: dict[str, Any] | None) -> str:
+    if deployment is None:
+        return "-"
+    where = f"{deployment['deployment']}, {deployment['state']}"
+    return f"version {deployment['version']} build {deployment['build']} ({where})"
+
+
+def _validation(result: dict[str, Any] | None) -> str:
+    if result is None:
+        return "-"
+    from deploy.smoke import summary
+
+    verdict = "passed" if result["passed"] else "failed: " + "; ".join(result["reasons"])
+    return f"version {result['version']} {verdict} ({summary(result)}) at {result['at']}"

@@ -1,0 +1,299 @@
+"""Shared by the rollout tests: builds of a chosen quality logged like training logs them, and a fake
+Azure ML workspace behind autospecs of the real azure-ai-ml operation classes.
+
+`log_build` writes what `deploy.training.train_build` leaves behind (a finished run in experiment
+automl-churn tagged buildnumber/buildsource, an sklearn model at artifact path `model` with a
+signature over the contract's features, the audit file runs/<build>/test.csv, the `test_data`
+param and tag), but with a small logistic regression on a few hundred rows with a strong signal, so
+that a "good" build passes the gate every time and a test stays fast. `weak` sees only Age and
+`inverted` learned the labels upside down (AUC far below any gate).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from unittest.mock import create_autospec
+
+import numpy as np
+import pandas as pd
+
+from config import EnvConfig
+from deploy import registry, tracking
+from deploy.contract import CATEGORICAL_FEATURES, FEATURES, LABEL, NUMERIC_FEATURES, TAG_BUILD, TAG_SOURCE, audit_path
+from deploy.contract import MODEL_ARTIFACT_PATH as MODEL_PATH
+
+QUALITIES = ("good", "weak", "inverted")
+
+
+def churn_frame(rows: int, seed: int) -> pd.DataFrame:
+    """Customers with the contract's features and a label that a linear model can learn well."""
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame({
+        "Geography": rng.choice(["France", "Germany", "Spain"], rows),
+        "Gender": rng.choice(["Male", "Female"], rows),
+        "CreditScore": rng.integers(350, 851, rows),
+        "Age": rng.integers(18, 80, rows),
+        "Tenure": rng.integers(0, 11, rows),
+        "Balance": np.round(rng.uniform(0, 200_000, rows), 2),
+        "NumOfProducts": rng.integers(1, 5, rows),
+        "HasCrCard": rng.integers(0, 2, rows),
+        "IsActiveMember": rng.integers(0, 2, rows),
+        "EstimatedSalary": np.round(rng.uniform(10, 200_000, rows), 2),
+    })
+    logit = (
+        0.09 * (frame["Age"] - 45) - 1.6 * frame["IsActiveMember"] + 1.0 * (frame["Geography"] == "Germany")
+        + 0.6 * (frame["Gender"] == "Female") - 0.8
+    )
+    frame[LABEL] = (rng.random(rows) < 1 / (1 + np.exp(-logit))).astype(int)
+    return frame
+
+
+def fitted_model(quality: str, train: pd.DataFrame) -> Any:
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    if quality not in QUALITIES:
+        raise ValueError(f"quality must be one of {QUALITIES}")
+    columns = [
+        ("categorical", OneHotEncoder(handle_unknown="ignore"), list(CATEGORICAL_FEATURES)),
+        ("numeric", StandardScaler(), list(NUMERIC_FEATURES)),
+    ]
+    if quality == "weak":
+        columns = [("age", StandardScaler(), ["Age"])]
+    model = Pipeline([("features", ColumnTransformer(columns)), ("classifier", LogisticRegression(max_iter=500))])
+    labels = 1 - train[LABEL] if quality == "inverted" else train[LABEL]
+    return model.fit(train[list(FEATURES)], labels)
+
+
+def log_build(
+    env: EnvConfig, build: str, quality: str = "good", seed: int = 0, rows: int = 600, source: str = "tests@local"
+) -> str:
+    """Log one finished run for `build` in `env`'s (local) MLflow store, as training would; returns its id."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    tracking.use_environment(env)
+    experiment_id = tracking.ensure_experiment(env)
+    frame = churn_frame(rows, seed)
+    cut = int(rows * 0.7)
+    train, test = frame.iloc[:cut], frame.iloc[cut:].reset_index(drop=True)
+    model = fitted_model(quality, train)
+    test_location = tracking.local_data_root(env) / audit_path(build, "test")
+    test_location.parent.mkdir(parents=True, exist_ok=True)
+    test.to_csv(test_location, index=False)
+    features = train[list(FEATURES)].astype(dict.fromkeys(NUMERIC_FEATURES, "float64"))
+    with mlflow.start_run(experiment_id=experiment_id, tags={TAG_BUILD: build, TAG_SOURCE: source}) as run:
+        mlflow.log_param("test_data", str(test_location))
+        mlflow.set_tag("test_data", str(test_location))
+        mlflow.sklearn.log_model(
+            model, name=MODEL_PATH, signature=infer_signature(features, model.predict(features)),
+            input_example=features.head(3), pip_requirements=["scikit-learn", "pandas"],
+        )
+    return run.info.run_id
+
+
+def build_test_set(env: EnvConfig, build: str) -> pd.DataFrame:
+    return pd.read_csv(tracking.local_data_root(env) / audit_path(build, "test"))
+
+
+def offline(version: str, rows: pd.DataFrame) -> list[Any]:
+    from deploy.smoke import offline_predictions
+
+    return offline_predictions(registry.model_uri(version), rows[list(FEATURES)])
+
+
+# --- a fake Azure ML workspace ------------------------------------------------------------------------
+
+
+class FakeWorkspace:
+    """Endpoints and deployments in memory, behind `create_autospec` of the real operation classes.
+
+    It behaves as the service does where the rollout depends on it: `get` returns a fresh copy
+    (a caller's edits change nothing until sent back), a new deployment takes no traffic, the
+    endpoint's traffic must name existing deployments and add up to 100 (or 0), a deployment
+    that takes traffic cannot be deleted, and `invoke` scores the request file with the model
+    version the deployment serves. `wrong` and `broken` deployments answer badly or fail, and
+    `failing` ones fail to provision.
+    """
+
+    def __init__(self, score: Callable[[str, pd.DataFrame], list[Any]]):
+        from azure.ai.ml.operations import OnlineDeploymentOperations, OnlineEndpointOperations
+
+        self.score = score
+        self.endpoints: dict[str, Any] = {}
+        self.deployments: dict[str, dict[str, Any]] = {}
+        self.wrong: set[str] = set()
+        self.broken: set[str] = set()
+        self.failing: set[str] = set()
+        self.traffic_at_invoke: list[dict[str, int]] = []
+        self.online_endpoints = create_autospec(OnlineEndpointOperations, instance=True)
+        self.online_deployments = create_autospec(OnlineDeploymentOperations, instance=True)
+        self.online_endpoints.get.side_effect = self._get_endpoint
+        self.online_endpoints.begin_create_or_update.side_effect = self._put_endpoint
+        self.online_endpoints.invoke.side_effect = self._invoke
+        self.online_deployments.get.side_effect = self._get_deployment
+        self.online_deployments.list.side_effect = self._list_deployments
+        self.online_deployments.begin_create_or_update.side_effect = self._put_deployment
+        self.online_deployments.begin_delete.side_effect = self._delete_deployment
+
+    def traffic(self, endpoint: str) -> dict[str, int]:
+        return dict(self.endpoints[endpoint].traffic or {})
+
+    def names(self, endpoint: str) -> list[str]:
+        return sorted(self.deployments.get(endpoint, {}))
+
+    def _get_endpoint(self, name: str, **_: Any) -> Any:
+        if name not in self.endpoints:
+            raise _not_found(f"online endpoint {name}")
+        return copy.deepcopy(self.endpoints[name])
+
+    def _put_endpoint(self, endpoint: Any, **_: Any) -> Any:
+        from azure.ai.ml.entities import ManagedOnlineEndpoint
+        from azure.core.exceptions import HttpResponseError
+
+        traffic = dict(endpoint.traffic or {})
+        unknown = set(traffic) - set(self.deployments.get(endpoint.name, {}))
+        if unknown or sum(traffic.values()) not in (0, 100):
+            raise HttpResponseError(message=f"invalid traffic {traffic} for endpoint {endpoint.name}")
+        stored = ManagedOnlineEndpoint(
+            name=endpoint.name, auth_mode=endpoint.auth_mode, tags=dict(endpoint.tags or {}), traffic=traffic,
+            provisioning_state="Succeeded", scoring_uri=f"https://{endpoint.name}.westeurope.inference.ml.azure.com/score",
+        )
+        self.endpoints[endpoint.name] = stored
+        self.deployments.setdefault(endpoint.name, {})
+        return _poller(copy.deepcopy(stored))
+
+    def _get_deployment(self, name: str, endpoint_name: str, **_: Any) -> Any:
+        if name not in self.deployments.get(endpoint_name, {}):
+            raise _not_found(f"deployment {name} of {endpoint_name}")
+        return copy.deepcopy(self.deployments[endpoint_name][name])
+
+    def _list_deployments(self, endpoint_name: str, **_: Any) -> list[Any]:
+        return [copy.deepcopy(found) for found in self.deployments.get(endpoint_name, {}).values()]
+
+    def _put_deployment(self, deployment: Any, **_: Any) -> Any:
+        from azure.ai.ml.entities import ManagedOnlineDeployment
+        from azure.core.exceptions import HttpResponseError
+
+        if deployment.endpoint_name not in self.endpoints:
+            raise _not_found(f"online endpoint {deployment.endpoint_name}")
+        name, version = deployment.model.split(":")[1:]  # azureml:<name>:<version>, as the SDK sends it
+        failed = deployment.name in self.failing
+        self.deployments[deployment.endpoint_name][deployment.name] = ManagedOnlineDeployment(
+            name=deployment.name, endpoint_name=deployment.endpoint_name, tags=dict(deployment.tags or {}),
+            model=f"/subscriptions/0/resourceGroups/rg/providers/Microsoft.MachineLearningServices/workspaces/w"
+                  f"/models/{name}/versions/{version}",
+            instance_type=deployment.instance_type, instance_count=deployment.instance_count,
+            provisioning_state="Failed" if failed else "Succeeded",
+        )
+        if failed:
+            poller = _poller(None)
+            poller.result.side_effect = HttpResponseError(message=f"deployment {deployment.name} failed: quota")
+            return poller
+        return _poller(copy.deepcopy(self.deployments[deployment.endpoint_name][deployment.name]))
+
+    def _delete_deployment(self, name: str, endpoint_name: str, **_: Any) -> Any:
+        from azure.core.exceptions import HttpResponseError
+
+        if self.traffic(endpoint_name).get(name, 0) > 0:
+            raise HttpResponseError(message=f"deployment {name} takes traffic and cannot be deleted")
+        del self.deployments[endpoint_name][name]
+        return _poller(None)
+
+    def _invoke(self, endpoint_name: str, *, request_file: str, deployment_name: str, **_: Any) -> str:
+        from azure.core.exceptions import HttpResponseError
+
+        self.traffic_at_invoke.append(self.traffic(endpoint_name))
+        if deployment_name in self.broken:
+            raise HttpResponseError(message="upstream request timeout")
+        request = json.loads(Path(request_file).read_text())["input_data"]
+        rows = pd.DataFrame(request["data"], columns=request["columns"], index=request["index"])
+        if deployment_name in self.wrong:
+            return json.dumps([7] * len(rows))
+        version = self.deployments[endpoint_name][deployment_name].model.rsplit("/", 1)[1]
+        return json.dumps(self.score(version, rows))
+
+
+def _poller(result: Any) -> Any:
+    from azure.core.polling import LROPoller
+
+    poller = create_autospec(LROPoller, instance=True)
+    poller.result.return_value = result
+    return poller
+
+
+def _not_found(what: str) -> Exception:
+    from azure.core.exceptions import ResourceNotFoundError
+
+    return ResourceNotFoundError(message=f"{what} not found")
+
+
+def stack_outputs(env: EnvConfig, tracking_uri: str) -> Any:
+    """Outputs of an Azure environment whose MLflow store is a local SQLite file."""
+    from deploy.outputs import OUTPUT_NAMES, StackOutputs
+
+    values = {name: f"test-{name}" for name in OUTPUT_NAMES}
+    values.update(mlflow_tracking_uri=tracking_uri, resource_group=env.names.resource_group)
+    return StackOutputs(**values)
+
+
+def outputs_document(env: EnvConfig, tracking_uri: str) -> dict[str, Any]:
+    """The outputs file content (`cdktn deploy --outputs-file`) for `stack_outputs`."""
+    from dataclasses import asdict
+
+    return {env.stack_name: asdict(stack_outputs(env, tracking_uri))}
+
+
+# --- a scoring server that misbehaves ------------------------------------------------------------------
+
+
+def imposter_command(answer: str) -> Callable[..., list[str]]:
+    """A `LocalTarget.server_command` that starts a scoring server answering `wrong` predictions or `error`s."""
+    import sys
+
+    def command(self: Any, version: str, port: int) -> list[str]:
+        return [sys.executable, "-m", "tests.rollout_fixtures", "--answer", answer, "--port", str(port)]
+
+    return command
+
+
+def serve_imposter(answer: str, port: int) -> None:
+    """Answers /ping like an MLflow scoring server, and /invocations wrongly (7 for every row) or with 500."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Imposter(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self._reply(200, b"\n")
+
+        def do_POST(self) -> None:
+            request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            if answer == "error":
+                self._reply(500, b'{"error_code": "INTERNAL_ERROR"}')
+            else:
+                self._reply(200, json.dumps({"predictions": [7] * len(request["dataframe_split"]["data"])}).encode())
+
+        def _reply(self, status: int, body: bytes) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    with ThreadingHTTPServer(("127.0.0.1", port), Imposter) as server:
+        server.serve_forever()
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--answer", choices=("wrong", "error"), required=True)
+    parser.add_argument("--port", type=int, required=True)
+    arguments = parser.parse_args()
+    serve_imposter(arguments.answer, arguments.port)
