@@ -204,6 +204,9 @@ class FakeWorkspace:
         if self.traffic(endpoint_name).get(name, 0) > 0:
             raise HttpResponseError(message=f"deployment {name} takes traffic and cannot be deleted")
         del self.deployments[endpoint_name][name]
+        self.endpoints[endpoint_name].traffic = {
+            kept: share for kept, share in self.traffic(endpoint_name).items() if kept != name
+        }
         return _poller(None)
 
     def _invoke(self, endpoint_name: str, *, request_file: str, deployment_name: str, **_: Any) -> str:
