@@ -143,7 +143,7 @@ def environment(dbutils: Any, env_name: str) -> EnvConfig:
     from config import ConfigError
 
     try:
-        return load_environment(env_name, getattr(dbutils, "config_path", None))
+        return load_environment(env_name, dbutils.config_path if isinstance(dbutils, LocalDbutils) else None)
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
 
@@ -187,9 +187,9 @@ def train(dbutils: Any, env_name: str, build: str, source: str, force: bool = Fa
     if not env.is_local:
         outputs = load_outputs(env)
         credential = sign_in_automation_identity(dbutils, env, outputs)
-    result = train_build(
-        env, build, source, getattr(dbutils, "data_csv", None), outputs, force=force, credential=credential
-    )
+    # Databricks' own dbutils has neither attribute: the workspace's config and data container apply.
+    data_csv = dbutils.data_csv if isinstance(dbutils, LocalDbutils) else None
+    result = train_build(env, build, source, data_csv, outputs, force=force, credential=credential)
     return json.dumps(result.as_dict(), sort_keys=True)
 
 
