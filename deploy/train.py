@@ -67,15 +67,17 @@ def train_on_databricks(args: argparse.Namespace, env: EnvConfig, build: str, so
         force=args.force, wait=not args.no_wait, timeout_minutes=jobs.wait_budget_minutes(env),
         poll_seconds=jobs.POLL_SECONDS,
     )
-    trained = job_run.notebook_result or {}
+    trained = job_run.notebook_result or {}  # the notebook's TrainResult, once the run has finished
     return {
+        **trained,
         "environment": env.name,
         "build": build,
         "source": trained.get("source", source),
         "experiment": EXPERIMENT,
         "run_id": trained.get("run_id"),
         "metrics": trained.get("metrics", {}),
-        "reused": job_run.reused,
+        # Reused at either level: an existing job run of the build, or the build's existing MLflow run.
+        "reused": job_run.reused or bool(trained.get("reused")),
         "job_run": job_run.as_dict(),
     }
 
