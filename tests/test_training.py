@@ -139,13 +139,22 @@ def test_abfss_reads_and_writes_go_through_the_data_lake_client():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """One local environment with one build trained on 2,000 synthetic rows."""
+    """One local environment with one build trained on 2,000 synthetic rows, in a store that, like the
+    Azure ML tracking server, has no MLflow 3 logged-models API."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
     from deploy.training import train_build
+
+    def not_on_azure_ml(*args, **kwargs):
+        raise MlflowException("API request to endpoint /api/2.0/mlflow/logged-models failed with error code 404")
 
     folder = tmp_path_factory.mktemp("training")
     env = local_env(folder)
     data = write_csv(folder, synthetic.generate(ROWS))
-    result = train_build(env, "20261126.3", "churn-repo@0123abc", data_csv=data)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(SqlAlchemyStore, "create_logged_model", not_on_azure_ml)
+        result = train_build(env, "20261126.3", "churn-repo@0123abc", data_csv=data)
     return env, data, result
 
 
@@ -187,7 +196,9 @@ def test_the_run_logs_held_out_metrics(trained, store):
 def test_the_run_holds_the_model_and_a_roc_curve(trained, store):
     _, _, result = trained
     artifacts = {item.path for item in store.list_artifacts(result.run_id)}
-    assert "roc_curve.png" in artifacts
+    assert {"roc_curve.png", "model"} <= artifacts
+    model_files = {item.path for item in store.list_artifacts(result.run_id, "model")}
+    assert {"model/MLmodel", "model/requirements.txt", "model/input_example.json"} <= model_files
     png = Path(store.download_artifacts(result.run_id, "roc_curve.png"))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

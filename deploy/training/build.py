@@ -216,6 +216,14 @@ def _train_and_log(
 
 
 def _log_model(fitted: Any, parts: model.Split) -> None:
+    """Save the model as an MLflow model and log it as the run's `model` artifacts.
+
+    Not `mlflow.sklearn.log_model`: in MLflow 3 that creates a "logged model" through
+    /api/2.0/mlflow/logged-models, which the Azure ML tracking server does not implement (404).
+    Run artifacts work in every store, and `runs:/<run id>/model` registers and loads the same.
+    """
+    import tempfile
+
     import mlflow
     from mlflow.models import infer_signature
 
@@ -225,15 +233,18 @@ def _log_model(fitted: Any, parts: model.Split) -> None:
         # hint that integers cannot be missing changes nothing here, and a double schema would refuse them.
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
         signature = infer_signature(features, fitted.predict(features))
-    mlflow.sklearn.log_model(
-        fitted,
-        name=contract.MODEL_ARTIFACT_PATH,
-        signature=signature,
-        input_example=features.head(5),
-        # Explicit: inferring them runs a subprocess that costs ~7 s.
-        pip_requirements=model_requirements(),
-        skops_trusted_types=list(model.SKOPS_TRUSTED_TYPES),
-    )
+    with tempfile.TemporaryDirectory() as folder:
+        saved = Path(folder) / contract.MODEL_ARTIFACT_PATH
+        mlflow.sklearn.save_model(
+            fitted,
+            saved,
+            signature=signature,
+            input_example=features.head(5),
+            # Explicit: inferring them runs a subprocess that costs ~7 s.
+            pip_requirements=model_requirements(),
+            skops_trusted_types=list(model.SKOPS_TRUSTED_TYPES),
+        )
+        mlflow.log_artifacts(str(saved), artifact_path=contract.MODEL_ARTIFACT_PATH)
 
 
 def model_requirements() -> list[str]:
