@@ -131,8 +131,13 @@ def _supersede(experiment_id: str, build: str, new_run_id: str) -> None:
     for run in _finished_runs(experiment_id, build):
         if run.info.run_id == new_run_id:
             continue
-        client.set_tag(run.info.run_id, TAG_SUPERSEDED_BY, new_run_id)
-        client.delete_run(run.info.run_id)
+        try:
+            client.set_tag(run.info.run_id, TAG_SUPERSEDED_BY, new_run_id)
+            client.delete_run(run.info.run_id)
+        except mlflow.exceptions.MlflowException as exc:
+            # The new run stands; the rollout will name both runs of the build until one is deleted.
+            progress(f"warning: could not delete superseded run {run.info.run_id} of build {build}: {exc}")
+            continue
         progress(f"run {run.info.run_id} of build {build} is superseded by {new_run_id} and deleted (restorable)")
 
 
