@@ -206,14 +206,5 @@ def deploy(dbutils: Any, env_name: str, build: str, deploy_type: str) -> str:
         outputs = load_outputs(env)
         sign_in_automation_identity(dbutils, env, outputs)
     result = release(env, deploy_type.lower(), build.strip() or "latest", force=False, outputs=outputs)
-    return json.dumps(_as_document(result), sort_keys=True, default=str)
+    return json.dumps(result.as_dict(), sort_keys=True, default=str)
 
-
-def _as_document(result: Any) -> Any:
-    """The release's result as JSON-able data, whatever shape the rollout returns (dataclass, dict or text)."""
-    import dataclasses
-
-    if dataclasses.is_dataclass(result) and not isinstance(result, type):
-        return dataclasses.asdict(result)
-    as_dict = getattr(result, "as_dict", None)
-    return as_dict() if callable(as_dict) else result
