@@ -157,6 +157,8 @@ def sign_in_automation_identity(dbutils: Any, env: EnvConfig, outputs: StackOutp
     """
     from azure.identity import ClientSecretCredential
 
+    from deploy.azure_auth import identity_options
+
     secret = dbutils.secrets.get(scope=SECRET_SCOPE, key=outputs.client_secret_name)
     os.environ.update(
         {
@@ -166,9 +168,7 @@ def sign_in_automation_identity(dbutils: Any, env: EnvConfig, outputs: StackOutp
             "AZURE_AUTHORITY_HOST": env.cloud.authority_host,
         }
     )
-    return ClientSecretCredential(
-        outputs.tenant_id, outputs.automation_client_id, secret, authority=env.cloud.authority_host
-    )
+    return ClientSecretCredential(outputs.tenant_id, outputs.automation_client_id, secret, **identity_options(env))
 
 
 def build_parameters(build: str, source: str) -> tuple[str, str]:
