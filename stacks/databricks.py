@@ -53,8 +53,8 @@ NOTEBOOKS = ("train_churn", "deploy_churn")
 PROJECT_PACKAGES = ("config", "deploy")
 PROJECT_DATA_FILES = ("config/environments.toml", "config/schema.json")
 # What the notebooks import beyond the Databricks ML runtime, pinned to the versions in Pipfile.lock.
-TRAIN_LIBRARIES = ("azureml-mlflow", "azure-identity", "azure-storage-file-datalake")
-DEPLOY_LIBRARIES = ("azureml-mlflow", "azure-identity", "azure-ai-ml")
+TRAIN_LIBRARIES = ("mlflow", "azureml-mlflow", "azure-identity", "azure-storage-file-datalake")
+DEPLOY_LIBRARIES = ("mlflow", "azureml-mlflow", "azure-identity", "azure-ai-ml")
 JOB_CLUSTER = "single_node"
 
 
