@@ -81,24 +81,13 @@ def register(run: Run) -> str:
     if existing:
         version = str(min(int(found.version) for found in existing))
     else:
-        version = str(mlflow.register_model(_model_source(run), REGISTERED_MODEL).version)
+        version = str(mlflow.register_model(f"runs:/{run_id}/{MODEL_ARTIFACT_PATH}", REGISTERED_MODEL).version)
     tag_version(version, {
         TAG_BUILD: run.data.tags.get(TAG_BUILD, ""),
         TAG_SOURCE: run.data.tags.get(TAG_SOURCE, ""),
         TAG_RUN_ID: run_id,
     })
     return version
-
-
-def _model_source(run: Run) -> str:
-    """The run's model: its MLflow 3 logged model named `model`, else the run's artifact path (older stores)."""
-    import mlflow
-
-    for output in run.outputs.model_outputs if run.outputs else ():
-        logged = mlflow.get_logged_model(output.model_id)
-        if logged.name == MODEL_ARTIFACT_PATH:
-            return logged.model_uri
-    return f"runs:/{run.info.run_id}/{MODEL_ARTIFACT_PATH}"
 
 
 def load_model(uri: str) -> PyFuncModel:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -87,14 +88,17 @@ def log_build(
     test_location = tracking.local_data_root(env) / audit_path(build, "test")
     test_location.parent.mkdir(parents=True, exist_ok=True)
     test.to_csv(test_location, index=False)
-    features = train[list(FEATURES)].astype(dict.fromkeys(NUMERIC_FEATURES, "float64"))
+    features = train[list(FEATURES)]
     with mlflow.start_run(experiment_id=experiment_id, tags={TAG_BUILD: build, TAG_SOURCE: source}) as run:
         mlflow.log_param("test_data", str(test_location))
         mlflow.set_tag("test_data", str(test_location))
-        mlflow.sklearn.log_model(
-            model, name=MODEL_PATH, signature=infer_signature(features, model.predict(features)),
-            input_example=features.head(3), pip_requirements=["scikit-learn", "pandas"],
-        )
+        # As training does: saved, then logged as the run's `model` artifacts (no MLflow 3 logged model).
+        with tempfile.TemporaryDirectory() as folder:
+            mlflow.sklearn.save_model(
+                model, Path(folder) / MODEL_PATH, signature=infer_signature(features, model.predict(features)),
+                input_example=features.head(3), pip_requirements=["scikit-learn", "pandas"],
+            )
+            mlflow.log_artifacts(str(Path(folder) / MODEL_PATH), artifact_path=MODEL_PATH)
     return run.info.run_id
 
 
