@@ -98,19 +98,21 @@ def release(
     test = gate.load_test_set(env, stack, run)
     verdict, overrides = _quality_gate(env, slot, version, build_id, test, force)
 
-    # 4-6. Blue/green into the slot's endpoint, smoke validation, traffic switch.
+    # 4. Blue/green: the version's own deployment in the slot's endpoint (created if missing), beside
+    #    the serving one. A slot that already serves this version is left as it is: a re-run converges.
     target = target or targets.for_environment(env, stack)
     endpoint = target.ensure_endpoint(slot)
     name = deployment_name(version)
     current = endpoint.serving
+    previous = current.name if current is not None and current.name != name else endpoint.previous
     validation = None
     if current is not None and current.name == name and current.healthy:
         progress(f"  {endpoint.name} already serves version {version} ({name}); nothing to deploy")
-        previous = endpoint.previous
     else:
-        previous = current.name if current is not None and current.name != name else endpoint.previous
+        # 5. Zero traffic until its smoke validation passed; on any failure it is deleted again.
         keep = {previous, current.name if current else None}
         validation = _deploy_and_validate(env, target, slot, name, version, test, keep)
+        # 6. Switch: all traffic to it, the previous deployment kept for rollback, older ones deleted.
         target.switch_traffic(slot, to=name, previous=previous)
         kept = f"; {previous} kept for rollback" if previous else ""
         progress(f"  {endpoint.name}: 100% of traffic to {name}{kept}")

@@ -209,3 +209,15 @@ def test_scoring_answers_in_either_mlflow_shape_are_read() -> None:
     assert predictions_of('"[1, 0]"') == [1, 0]
     with pytest.raises(Exception, match="expected a JSON list"):
         predictions_of('{"error": "bad"}')
+
+
+def test_the_target_builds_its_client_from_the_stack_outputs(azure) -> None:
+    from azure.ai.ml.operations import OnlineDeploymentOperations, OnlineEndpointOperations
+
+    client = AzureMLTarget.from_outputs(azure.env, azure.outputs).client  # no call leaves the machine
+    assert (client.subscription_id, client.resource_group_name, client.workspace_name) == (
+        azure.outputs.subscription_id, azure.outputs.resource_group, azure.outputs.ml_workspace_name
+    )
+    # The very classes the fake workspace autospecs are what the real client hands out.
+    assert isinstance(client.online_endpoints, OnlineEndpointOperations)
+    assert isinstance(client.online_deployments, OnlineDeploymentOperations)
