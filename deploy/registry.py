@@ -74,9 +74,10 @@ def register(run: Run) -> str:
     import mlflow
 
     run_id = run.info.run_id
+    # Filtered by name only, the filter Azure ML's MLflow registry documents; the run is matched here.
     existing = [
-        version for version in client().search_model_versions(f"run_id = '{run_id}'")
-        if version.name == REGISTERED_MODEL
+        version for version in client().search_model_versions(f"name = '{REGISTERED_MODEL}'")
+        if version.run_id == run_id
     ]
     if existing:
         version = str(min(int(found.version) for found in existing))
