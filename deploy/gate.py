@@ -76,7 +76,7 @@ def score_auc(model_uri: str, test: pd.DataFrame) -> float:
     return float(roc_auc_score(test[LABEL], scores))
 
 
-def test_set_location(env: EnvConfig, outputs: StackOutputs | None, run: Run) -> str:
+def locate_test_split(env: EnvConfig, outputs: StackOutputs | None, run: Run) -> str:
     """Where `run`'s test split lives: as training recorded it, else the audit trail's standard place."""
     recorded = run.data.tags.get(TEST_DATA_KEY) or run.data.params.get(TEST_DATA_KEY)
     if recorded:
@@ -86,13 +86,13 @@ def test_set_location(env: EnvConfig, outputs: StackOutputs | None, run: Run) ->
     return storage.join(tracking.data_root(env, outputs), audit_path(run.data.tags[TAG_BUILD], "test"))
 
 
-def load_test_set(env: EnvConfig, outputs: StackOutputs | None, run: Run) -> pd.DataFrame:
+def read_test_split(env: EnvConfig, outputs: StackOutputs | None, run: Run) -> pd.DataFrame:
     """The build's test split, checked to have every feature and the label."""
     import pandas as pd
 
     from deploy.training import storage
 
-    location = test_set_location(env, outputs, run)
+    location = locate_test_split(env, outputs, run)
     credential = None
     if storage.is_abfss(location):
         from deploy.azure_auth import credential as env_credential

@@ -95,7 +95,7 @@ def release(
     progress(f"  model {REGISTERED_MODEL} version {version}")
 
     # 3. Quality gate (and, for prod, stage validation first).
-    test = gate.load_test_set(env, stack, run)
+    test = gate.read_test_split(env, stack, run)
     verdict, overrides = _quality_gate(env, slot, version, build_id, test, force)
 
     # 4. Blue/green: the version's own deployment in the slot's endpoint (created if missing), beside

@@ -73,9 +73,13 @@ def fitted_model(quality: str, train: pd.DataFrame) -> Any:
 
 
 def log_build(
-    env: EnvConfig, build: str, quality: str = "good", seed: int = 0, rows: int = 600, source: str = "tests@local"
+    env: EnvConfig, build: str, quality: str = "good", seed: int = 0, rows: int = 600, source: str = "tests@local",
+    record_location: bool = True,
 ) -> str:
-    """Log one finished run for `build` in `env`'s (local) MLflow store, as training would; returns its id."""
+    """Log one finished run for `build` in `env`'s (local) MLflow store, as training would; returns its id.
+
+    `record_location=False` leaves out the test_data param and tag (a run from before training recorded them).
+    """
     import mlflow
     from mlflow.models import infer_signature
 
@@ -90,8 +94,9 @@ def log_build(
     test.to_csv(test_location, index=False)
     features = train[list(FEATURES)]
     with mlflow.start_run(experiment_id=experiment_id, tags={TAG_BUILD: build, TAG_SOURCE: source}) as run:
-        mlflow.log_param("test_data", str(test_location))
-        mlflow.set_tag("test_data", str(test_location))
+        if record_location:
+            mlflow.log_param("test_data", str(test_location))
+            mlflow.set_tag("test_data", str(test_location))
         # As training does: saved, then logged as the run's `model` artifacts (no MLflow 3 logged model).
         with tempfile.TemporaryDirectory() as folder:
             mlflow.sklearn.save_model(

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from config import EnvConfig, load_environment
-from deploy import registry
+from deploy import gate, registry
 from deploy.contract import FEATURES
 from deploy.errors import Refused, UsageError
 from deploy.rollout import down, release, rollback, status
@@ -123,6 +123,14 @@ def test_a_test_set_without_the_label_is_bad_input(env: EnvConfig) -> None:
     path.write_text(path.read_text().replace("Exited", "Churned"))
     with pytest.raises(UsageError, match="lacks column Exited"):
         release(env, "stage", "unlabelled")
+
+
+def test_a_run_without_a_recorded_test_set_is_scored_on_its_audit_trail(env: EnvConfig) -> None:
+    log_build(env, "quiet", record_location=False)
+    run = registry.find_run("quiet")
+    location = gate.locate_test_split(env, None, run)
+    assert location == str(env.local.state_dir / "churndata" / "runs" / "quiet" / "test.csv")
+    assert len(gate.read_test_split(env, None, run)) == len(build_test_set(env, "quiet"))
 
 
 # --- the blue/green lifecycle, with real servers ----------------------------------------------------
