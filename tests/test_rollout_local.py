@@ -133,6 +133,40 @@ def test_a_run_without_a_recorded_test_set_is_scored_on_its_audit_trail(env: Env
     assert len(gate.read_test_split(env, None, run)) == len(build_test_set(env, "quiet"))
 
 
+# --- the smoke validation's rules ------------------------------------------------------------------
+
+
+def test_smoke_validation_refuses_slow_answers_and_counts_a_warm_up_apart() -> None:
+    import time
+
+    import pandas as pd
+
+    from config import Validation
+    from deploy.smoke import percentile, validate
+
+    rows = pd.DataFrame({"Age": [30, 40, 50]})
+    calls = []
+
+    def slow(frame: pd.DataFrame) -> list[int]:
+        calls.append(int(frame["Age"].iloc[0]))
+        time.sleep(0.02)
+        return [1]
+
+    result = validate(slow, rows, [1, 1, 1], Validation(rows=3, max_p95_ms=5))
+    assert calls == [30, 30, 40, 50]  # the warm-up repeats the first row and is not timed
+    assert (result.passed, result.rows, result.errors, result.mismatches) == (False, 3, 0, 0)
+    assert result.p95_ms >= 20 and "p95 latency" in result.reasons[0]
+    assert validate(lambda frame: [1], rows, [1, 1, 1], Validation(rows=3, max_p95_ms=1000)).passed
+    assert percentile([5.0, 1.0, 3.0, 2.0, 4.0], 95) == 5.0 and percentile([1.0, 2.0], 50) == 1.0
+
+
+def test_smoke_validation_compares_numbers_within_round_trip_error() -> None:
+    from deploy.smoke import same
+
+    assert same(0.1 + 0.2, 0.3) and same([0.25, 0.75], [0.25, 0.75]) and same("yes", "yes")
+    assert not same(0, 1) and not same(0.3, 0.31) and not same([0.1], [0.1, 0.2])
+
+
 # --- the blue/green lifecycle, with real servers ----------------------------------------------------
 
 
