@@ -22,7 +22,6 @@ sys.path.insert(0, os.path.dirname(notebook_dir))
 from deploy import notebook_runtime
 
 result = notebook_runtime.deploy(dbutils, env_name, build_number, deploy_type)
-print(result)
 
 # COMMAND ----------
 dbutils.notebook.exit(result)

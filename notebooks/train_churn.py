@@ -24,7 +24,6 @@ sys.path.insert(0, os.path.dirname(notebook_dir))
 from deploy import notebook_runtime
 
 result = notebook_runtime.train(dbutils, env_name, build_number, build_source, force)
-print(result)
 
 # COMMAND ----------
 dbutils.notebook.exit(result)
