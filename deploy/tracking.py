@@ -38,6 +38,8 @@ def use_environment(env: EnvConfig, outputs: StackOutputs | None = None) -> str:
     # MLflow otherwise reports usage to its telemetry host; nothing here may leave the machine.
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("DO_NOT_TRACK", "true")
+    # Progress bars of artifact downloads would flood the commands' stderr progress lines.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import mlflow
 
     uri = tracking_uri(env, outputs)
