@@ -49,3 +49,11 @@ def local_config(tmp_path: Path) -> Path:
         .replace("prod_port = 5302", f"prod_port = {prod}")
     )
     return path
+
+
+@pytest.fixture(scope="session")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate and key for 127.0.0.1, for the local HTTPS fakes of Azure services."""
+    from tests.fakes_azure import make_certificate
+
+    return make_certificate(tmp_path_factory.mktemp("tls"))

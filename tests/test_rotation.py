@@ -38,16 +38,10 @@ from tests.fakes_azure import (
     WORKSPACE_ID,
     FakeAzure,
     Password,
-    make_certificate,
     write_environment,
 )
 
 NOW = dt.datetime.now(dt.UTC)
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return make_certificate(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture
