@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 from typing import TYPE_CHECKING, Any
 
 from deploy.contract import EXPERIMENT, MODEL_ARTIFACT_PATH, REGISTERED_MODEL, TAG_BUILD, TAG_SOURCE
 from deploy.errors import UsageError
+from deploy.training.build_id import BUILD_ID, BUILD_ID_EXPECTED
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
 TAG_RUN_ID = "run_id"
-BUILD_RULE = re.compile(r"^[\w.@:/+-]{1,200}$")
 LATEST = "latest"
 
 
@@ -55,8 +54,8 @@ def find_run(build: str | None) -> Run:
         if not runs:
             raise UsageError(f"experiment '{EXPERIMENT}' has no finished run; train a build first")
         return runs[0]
-    if not BUILD_RULE.match(build):
-        raise UsageError(f"build '{build}' is not a build number; expected letters, digits and . _ - @ : / +")
+    if not BUILD_ID.match(build):  # it goes into a search filter: the same rule training applied
+        raise UsageError(f"build '{build}' is not a build number; expected {BUILD_ID_EXPECTED}")
     runs = mlflow_client.search_runs([experiment.experiment_id], f"tags.{TAG_BUILD} = '{build}'")
     finished = [run for run in runs if run.info.status == "FINISHED"]
     where = f"in experiment '{EXPERIMENT}' with tag {TAG_BUILD}={build}"
