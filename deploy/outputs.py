@@ -7,6 +7,7 @@ top level, and the README lists them. None of them is sensitive.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -47,7 +48,7 @@ def load_outputs(env: EnvConfig, path: str | Path | None = None) -> StackOutputs
     if env.is_local:
         raise UsageError(f"environment '{env.name}' is local and has no stack outputs")
     path = Path(path or env.outputs_file)
-    how = f"expected the file written by `cdktn deploy {env.stack_name} --outputs-file {path}`"
+    how = f"expected the file written by `cdktn deploy {env.stack_name} --outputs-file {_shown(path)}`"
     try:
         document = json.loads(path.read_text())
     except FileNotFoundError:
@@ -61,3 +62,9 @@ def load_outputs(env: EnvConfig, path: str | Path | None = None) -> StackOutputs
     if missing:
         raise UsageError(f"outputs file {path} lacks {', '.join(missing)}; {how} from the current stack")
     return StackOutputs(**{name: str(values[name]) for name in OUTPUT_NAMES})
+
+
+def _shown(path: Path) -> str:
+    """The path as a user would type it: relative to the working directory when it lies below it."""
+    relative = os.path.relpath(path)
+    return path.as_posix() if relative.startswith("..") else relative
