@@ -76,6 +76,11 @@ CLOUDS = {
         "https://vault.azure.cn",
     ),
 }
+# The AzureDatabricks first-party application, the same in every tenant: the audience of Entra ID
+# tokens for any Databricks workspace, and the reader of Key Vault-backed secret scopes. Its service
+# principal's object id differs per tenant, so the stack looks that up.
+AZURE_DATABRICKS_APP_ID = "2ff814a6-3304-4ab8-85cb-cd0e6f879c1d"
+
 # The azurerm / azuread providers' names for the same clouds.
 TERRAFORM_ENVIRONMENT = {"AzureCloud": "public", "AzureUSGovernment": "usgovernment", "AzureChinaCloud": "china"}
 

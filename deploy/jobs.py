@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from config import EnvConfig
+from config import AZURE_DATABRICKS_APP_ID, EnvConfig
 from deploy.errors import DeployError, Refused
 from deploy.report import heartbeat, progress
 
@@ -28,8 +28,6 @@ if TYPE_CHECKING:
 
     from deploy.outputs import StackOutputs
 
-# The AzureDatabricks first-party application: the audience of Entra ID tokens for any workspace.
-AZURE_DATABRICKS_APP_ID = "2ff814a6-3304-4ab8-85cb-cd0e6f879c1d"
 ACTIVE_STATES = frozenset({"QUEUED", "PENDING", "RUNNING", "TERMINATING", "BLOCKED", "WAITING_FOR_RETRY"})
 # How far back the duplicate-build check looks: build numbers are unique per pipeline run, so a
 # duplicate is recent; the list is newest first.

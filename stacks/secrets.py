@@ -15,12 +15,9 @@ from cdktn_provider_azurerm.resource_group import ResourceGroup
 from cdktn_provider_azurerm.role_assignment import RoleAssignment
 from constructs import Construct
 
-from config import EnvConfig
+from config import AZURE_DATABRICKS_APP_ID, EnvConfig
 from stacks.monitoring import send_logs
 
-# The AzureDatabricks first-party application. Its service principal's object id differs per tenant,
-# so the stack looks it up by this client id instead of hard-coding one.
-AZURE_DATABRICKS_APP_ID = "2ff814a6-3304-4ab8-85cb-cd0e6f879c1d"
 SOFT_DELETE_DAYS = 90
 
 

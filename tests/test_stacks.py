@@ -26,6 +26,7 @@ from tests.conftest import PROJECT_ROOT, SHIPPED_CONFIG
 pytest.importorskip("cdktn")
 from cdktn import Testing as CdkTesting
 
+from config import AZURE_DATABRICKS_APP_ID
 from stacks import summary
 from stacks.databricks import (
     NOTEBOOKS,
@@ -35,7 +36,6 @@ from stacks.databricks import (
     project_files,
 )
 from stacks.platform import ChurnPlatformStack
-from stacks.secrets import AZURE_DATABRICKS_APP_ID
 
 CUSTOM_DEV = """
 subscription_id = "00000000-0000-0000-0000-00000000abcd"
