@@ -2,6 +2,7 @@
 #   make demo   install, synthesize every environment, then train and release a build offline
 #   make test   install and run the whole suite (pytest, then the checkov security scan)
 #   make bench  medians of synthesis, CLI start-up, local training and release
+#   make infra-diff ENV=dev / make infra-deploy ENV=dev   cdktn diff / deploy of stack churn-<ENV>
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -48,7 +49,11 @@ export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export JSII_RUNTIME_PACKAGE_CACHE_ROOT := $(CURDIR)/$(TOOLS)/jsii-cache
 export TF_CLI_CONFIG_FILE := $(CURDIR)/$(TOOLS)/terraformrc
 
-.PHONY: help install demo test lint scan synth summary bench down clean
+# The stack `make infra-*` works on, and extra cdktn flags (the pipeline adds --auto-approve).
+ENV ?= dev
+CDKTN_ARGS ?=
+
+.PHONY: help install demo test lint scan synth summary bench down clean infra-diff infra-deploy
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -81,6 +86,13 @@ $(TOOLS)/terraformrc:
 
 synth: install
 	$(CDKTN) synth --output cdktf.out
+
+# The deploy module reads the outputs file; it holds no sensitive output.
+infra-diff: install
+	$(CDKTN) diff churn-$(ENV) $(CDKTN_ARGS)
+
+infra-deploy: install
+	$(CDKTN) deploy churn-$(ENV) --outputs-file outputs/churn-$(ENV).json $(CDKTN_ARGS)
 
 summary:
 	$(PY) -m stacks.summary cdktf.out

@@ -532,8 +532,24 @@ def test_validate_runs_the_developer_targets_and_publishes_the_junit_file_make_t
     makefile = (PROJECT_ROOT / "Makefile").read_text()
     assert f"--junitxml={publish['inputs']['testResultsFiles']}" in makefile
     targets = set(re.findall(r"^([\w-]+):", makefile, flags=re.MULTILINE))
-    used = {target for path in PIPELINE_FILES for target in re.findall(r"\bmake (\w[\w-]*)", path.read_text())}
-    assert {"install", "test"} <= used <= targets
+    used = {target for path in PIPELINE_FILES for target in make_targets_used(path)}
+    assert {"install", "test", "infra-diff", "infra-deploy"} <= used <= targets
+
+
+def make_targets_used(path: Path) -> set[str]:
+    """The make targets a pipeline file runs; `infra-${{ parameters.command }}` counts once per allowed value."""
+    text = path.read_text()
+    declared = declared_parameters(load(path))
+    used = set()
+    for target in re.findall(r"\bmake (?:--[\w-]+ )*([\w-]*(?:\$\{\{ *parameters\.\w+ *\}\}[\w-]*)?)", text):
+        expression = re.search(r"\$\{\{ *parameters\.(\w+) *\}\}", target)
+        if expression is None:
+            used.add(target)
+        else:
+            allowed = declared[expression.group(1)].values
+            assert allowed, f"{path.name}: make target {target} depends on a parameter without `values:`"
+            used |= {target.replace(expression.group(0), value) for value in allowed}
+    return used
 
 
 def test_infrastructure_and_prod_release_are_deployment_jobs_on_separate_environments():
@@ -555,11 +571,20 @@ def test_infrastructure_deploys_the_stack_and_outputs_file_the_deploy_module_rea
     values = {"environment": Parameter("environment", False, "string", (), env_name)}
     cdktn = template_uses(infra, "cdktn.yml")
     assert [use["command"] for use in cdktn] == ["diff", "deploy"]
-    deploy = with_sample_values(cdktn[1]["arguments"], values).split()
+    assert "--auto-approve" in cdktn[1]["arguments"].split()
+    template = (TEMPLATES / "cdktn.yml").read_text()
+    for use in cdktn:
+        command = Parameter("command", False, "string", (), use["command"])
+        script = with_sample_values(template, {**values, "command": command})
+        assert f"make --no-print-directory infra-{use['command']} ENV={env_name} " in script
+    # The make targets run cdktn on churn-<ENV>; deploy writes the outputs file, without sensitive outputs.
+    makefile = (PROJECT_ROOT / "Makefile").read_text()
+    recipes = dict(re.findall(r"^(infra-\w+): install\n\t(.+)$", makefile, flags=re.MULTILINE))
+    assert recipes["infra-diff"].startswith("$(CDKTN) diff churn-$(ENV)")
+    deploy = recipes["infra-deploy"].replace("$(ENV)", env_name).split()
+    assert deploy[:3] == ["$(CDKTN)", "deploy", env.stack_name]
     assert deploy[deploy.index("--outputs-file") + 1] == outputs_file
     assert "--outputs-file-include-sensitive-outputs" not in deploy
-    script = (TEMPLATES / "cdktn.yml").read_text()
-    assert f"{env.stack_name} " in with_sample_values(script.split("node_modules/.bin/cdktn")[1], values)
     publish = next(step for _, step in walk(infra) if isinstance(step, dict) and "publish" in step)
     assert with_sample_values(publish["publish"], values) == outputs_file
     download = next(
