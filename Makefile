@@ -92,6 +92,7 @@ infra-diff: install
 	$(CDKTN) diff churn-$(ENV) $(CDKTN_ARGS)
 
 infra-deploy: install
+	mkdir -p outputs
 	$(CDKTN) deploy churn-$(ENV) --outputs-file outputs/churn-$(ENV).json $(CDKTN_ARGS)
 
 summary:

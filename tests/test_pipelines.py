@@ -579,7 +579,7 @@ def test_infrastructure_deploys_the_stack_and_outputs_file_the_deploy_module_rea
         assert f"make --no-print-directory infra-{use['command']} ENV={env_name} " in script
     # The make targets run cdktn on churn-<ENV>; deploy writes the outputs file, without sensitive outputs.
     makefile = (PROJECT_ROOT / "Makefile").read_text()
-    recipes = dict(re.findall(r"^(infra-\w+): install\n\t(.+)$", makefile, flags=re.MULTILINE))
+    recipes = dict(re.findall(r"^(infra-\w+): install\n(?:\tmkdir .*\n)?\t(.+)$", makefile, flags=re.MULTILINE))
     assert recipes["infra-diff"].startswith("$(CDKTN) diff churn-$(ENV)")
     deploy = recipes["infra-deploy"].replace("$(ENV)", env_name).split()
     assert deploy[:3] == ["$(CDKTN)", "deploy", env.stack_name]
