@@ -23,7 +23,8 @@ DEFAULT_CONFIG_FILE = CONFIG_DIR / "environments.toml"
 CONFIG_ENV_VAR = "CHURN_CONFIG"
 
 # Roles the automation identity may never hold, whatever the config says: each can grant access.
-FORBIDDEN_ROLES = frozenset({"Owner", "User Access Administrator", "Role Based Access Control Administrator"})
+# Compared case-insensitively, as Azure resolves role names.
+FORBIDDEN_ROLES = frozenset({"owner", "user access administrator", "role based access control administrator"})
 
 # Public regions plus the sovereign ones; `az account list-locations -o tsv --query [].name`.
 AZURE_REGIONS = frozenset(
@@ -324,7 +325,7 @@ def _build(name: str, table: dict[str, Any]) -> EnvConfig:
         )
     roles = tuple(RoleAssignment(**item) for item in table.get("role_assignments", []))
     for index, assignment in enumerate(roles):
-        if assignment.role in FORBIDDEN_ROLES:
+        if assignment.role.casefold() in FORBIDDEN_ROLES:
             raise ConfigError(
                 name, f"role_assignments[{index}].role",
                 f"'{assignment.role}' can grant access; expected a least-privilege role (Contributor at most)",

@@ -54,7 +54,7 @@ def find_run(build: str | None) -> Run:
         if not runs:
             raise UsageError(f"experiment '{EXPERIMENT}' has no finished run; train a build first")
         return runs[0]
-    if not BUILD_ID.match(build):  # it goes into a search filter: the same rule training applied
+    if not BUILD_ID.fullmatch(build):  # it goes into a search filter: the same rule training applied
         raise UsageError(f"build '{build}' is not a build number; expected {BUILD_ID_EXPECTED}")
     runs = mlflow_client.search_runs([experiment.experiment_id], f"tags.{TAG_BUILD} = '{build}'")
     finished = [run for run in runs if run.info.status == "FINISHED"]

@@ -99,6 +99,10 @@ BAD_CONFIGS = {
         MINIMAL + "role_assignments = [{ role = 'Owner', scope = 'resource_group' }]\n",
         "environment 'dev' key 'role_assignments[0].role': 'Owner' can grant access",
     ),
+    "owner role in lower case": (
+        MINIMAL + "role_assignments = [{ role = 'owner', scope = 'resource_group' }]\n",
+        "environment 'dev' key 'role_assignments[0].role': 'owner' can grant access",
+    ),
     "wrong type": (
         MINIMAL + "[environments.dev.gate]\nmin_auc = 'high'\n",
         "environment 'dev' key 'gate.min_auc': 'high' is not of type 'number'",

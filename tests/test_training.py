@@ -289,6 +289,8 @@ def test_bad_input_is_refused_before_anything_is_written(tmp_path):
     assert not (tracking.local_data_root(env) / "runs").exists()
     with pytest.raises(UsageError, match="build id 'a/b' is invalid"):
         train_build(env, "a/b", "ci@1", data_csv=bad)
+    with pytest.raises(UsageError, match=r"build id '20261126.3\\n' is invalid"):  # no trailing newline
+        train_build(env, "20261126.3\n", "ci@1", data_csv=bad)
     dev = load_environment("dev", tmp_path / "environments.toml")
     with pytest.raises(UsageError, match="--data is for the local environment only"):
         train_build(dev, "b-bad", "ci@1", data_csv=bad)
