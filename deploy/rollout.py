@@ -130,7 +130,10 @@ def release(
 
 
 def rollback(env: EnvConfig, slot: str, outputs: Outputs = None, target: Target | None = None) -> RollbackResult:
-    """Move `slot`'s traffic and alias back to its previous deployment. Refused (exit 1) if it has none."""
+    """Move `slot`'s traffic and alias back to its previous deployment and delete the rolled-back one.
+
+    Refused (exit 1), changing nothing, when the slot has no previous deployment, including right
+    after a rollback."""
     _check_slot(slot)
     stack = resolve_outputs(env, outputs)
     target = target or targets.for_environment(env, stack)
@@ -146,10 +149,17 @@ def rollback(env: EnvConfig, slot: str, outputs: Outputs = None, target: Target 
     tracking.use_environment(env, stack)
     if not previous.healthy:  # e.g. a local server that did not survive a reboot
         target.create_deployment(slot, previous.name, previous.version or "")
-    target.switch_traffic(slot, to=previous.name, previous=current.name)
+    # One way only: the rolled-back deployment is deleted and no rollback target remains, so a repeated
+    # rollback (a retried step) is refused instead of bringing the bad version back. Roll forward with
+    # `release`; the version also loses its validated.<slot> mark, so it cannot be promoted unforced.
+    target.switch_traffic(slot, to=previous.name, previous=None)
     if previous.version:
         registry.set_alias(slot, previous.version)
-    progress(f"rolled {endpoint.name} back from {current.name} to {previous.name} (version {previous.version})")
+    if current.version:
+        registry.tag_version(current.version, {f"validated.{slot}": "rolled-back"})
+    target.delete_deployment(slot, current.name)
+    progress(f"rolled {endpoint.name} back from {current.name} to {previous.name} (version {previous.version}); "
+             f"{current.name} deleted")
     return RollbackResult(
         environment=env.name, slot=slot, endpoint=endpoint.name, url=endpoint.url, deployment=previous.name,
         version=previous.version, rolled_back_from=current.name,

@@ -113,18 +113,21 @@ def test_failed_provisioning_deletes_the_new_deployment_and_leaves_traffic_untou
     assert azure.workspace.traffic(azure.stage) == {"churn-v1": 100}
 
 
-def test_rollback_moves_traffic_and_alias_back_and_then_forward(azure) -> None:
+def test_rollback_moves_traffic_and_alias_back_once_and_a_repeat_changes_nothing(azure) -> None:
     ship(azure, "A")
     ship(azure, "B")
     back = rollback(azure.env, "stage", outputs=azure.outputs, target=azure.target)
     assert (back.deployment, back.version, back.rolled_back_from) == ("churn-v1", "1", "churn-v2")
-    assert azure.workspace.traffic(azure.stage) == {"churn-v1": 100, "churn-v2": 0}
-    assert azure.workspace.endpoints[azure.stage].tags["previous-deployment"] == "churn-v2"
+    assert azure.workspace.traffic(azure.stage) == {"churn-v1": 100}, "the rolled-back deployment is deleted"
+    assert azure.workspace.endpoints[azure.stage].tags["previous-deployment"] == ""
     assert registry.alias_version("stage") == "1"
+    assert registry.version_tags("2")["validated.stage"] == "rolled-back"
 
-    forward = rollback(azure.env, "stage", outputs=azure.outputs, target=azure.target)
-    assert forward.deployment == "churn-v2" and registry.alias_version("stage") == "2"
-    assert azure.workspace.traffic(azure.stage) == {"churn-v1": 0, "churn-v2": 100}
+    # A retried rollback must not bring version 2 back.
+    updates = endpoint_updates(azure)
+    with pytest.raises(Refused, match="no previous deployment to roll back to"):
+        rollback(azure.env, "stage", outputs=azure.outputs, target=azure.target)
+    assert endpoint_updates(azure) == updates and registry.alias_version("stage") == "1"
 
 
 def test_rollback_without_a_previous_deployment_changes_nothing(azure) -> None:

@@ -240,11 +240,16 @@ def test_blue_green_lifecycle(env: EnvConfig, monkeypatch: pytest.MonkeyPatch) -
     assert all(deployment.healthy for deployment in stage.deployments)
     assert served(env, "stage", rows) == offline("2", rows)
 
-    # Rollback: traffic and alias back to A at once (its server kept running), B kept for roll-forward.
+    # Rollback: traffic and alias back to A at once (its server kept running); B is deleted, so a
+    # repeated rollback is refused rather than bringing B back.
+    b_process = slot_state(env, "stage")["deployments"]["churn-v2"]["process"]
     back = rollback(env, "stage")
     assert (back.deployment, back.version, back.rolled_back_from) == ("churn-v1", "1", "churn-v2")
-    assert target.describe("stage").traffic == {"churn-v1": 100, "churn-v2": 0}
-    assert target.describe("stage").previous == "churn-v2"
+    assert target.describe("stage").traffic == {"churn-v1": 100}
+    assert target.describe("stage").previous is None
+    assert not local._running(b_process)
+    with pytest.raises(Refused, match="no previous deployment"):
+        rollback(env, "stage")
     assert registry.alias_version("stage") == "1"
     assert served(env, "stage", rows) == offline("1", rows)
     assert offline("1", rows) != offline("2", rows)  # the fixture's builds differ, so the check above means something
@@ -253,7 +258,7 @@ def test_blue_green_lifecycle(env: EnvConfig, monkeypatch: pytest.MonkeyPatch) -
     document = status(env)
     stage_status, prod_status = document["slots"]["stage"], document["slots"]["prod"]
     assert stage_status["serving"] == {"deployment": "churn-v1", "version": "1", "build": "A", "state": "Succeeded"}
-    assert stage_status["previous"]["build"] == "B" and stage_status["alias_version"] == "1"
+    assert stage_status["previous"] is None and stage_status["alias_version"] == "1"
     assert stage_status["last_validation"]["version"] == "2" and stage_status["last_validation"]["passed"]
     assert prod_status["serving"]["build"] == "BAD" and prod_status["traffic"] == {"churn-v3": 100}
 
@@ -262,7 +267,7 @@ def test_blue_green_lifecycle(env: EnvConfig, monkeypatch: pytest.MonkeyPatch) -
         entry["process"] for slot in ("stage", "prod") for entry in slot_state(env, slot)["deployments"].values()
     ]
     stopped = down(env)
-    assert len(stopped) == len(processes) == 5
+    assert len(stopped) == len(processes) == 4
     assert not any(local._running(process) for process in processes)
     for process in processes:
         with pytest.raises(ProcessLookupError):
