@@ -215,7 +215,7 @@ def _quality_gate(
             registry.tag_version(version, {f"gate.{slot}": "failed", f"gate.{slot}.detail": verdict.as_dict()})
             raise Refused(
                 f"quality gate refused version {version} (build {build}) for {slot}: {'; '.join(verdict.reasons)}; "
-                "nothing changed (--force overrides, and the override is recorded)"
+                "the slot still serves what it served (the refusal is recorded on the version; --force overrides)"
             )
         overrides.append("gate")
         progress(f"  gate failed ({'; '.join(verdict.reasons)}); overridden by --force, recorded on the version")
@@ -227,7 +227,7 @@ def _quality_gate(
         if not force:
             raise Refused(
                 f"version {version} (build {build}) has not passed stage validation; release it --to stage first "
-                "(--force overrides, and the override is recorded); nothing changed"
+                "(--force overrides, and the override is recorded); the slot still serves what it served"
             )
         overrides.append("stage-validation")
         progress("  not stage-validated; promoted anyway by --force, recorded on the version")

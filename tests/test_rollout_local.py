@@ -86,7 +86,7 @@ def test_gate_refuses_a_model_below_the_threshold_and_records_it(env: EnvConfig)
     log_build(env, "bad", "inverted")
     with pytest.raises(Refused, match=r"below the minimum 0\.8") as refused:
         release(env, "stage", "bad")
-    assert "nothing changed" in str(refused.value)
+    assert "the slot still serves what it served" in str(refused.value)
     tags = registry.version_tags("1")
     assert tags["gate.stage"] == "failed"
     assert json.loads(tags["gate.stage.detail"])["auc"] < 0.5
