@@ -100,7 +100,7 @@ class ConfigError(Exception):
 @dataclass(frozen=True)
 class RoleAssignment:
     role: str
-    scope: str  # symbolic: resource_group, ml_workspace, key_vault, data_account, data_container
+    scope: str  # symbolic: resource_group, ml_workspace, ml_storage, key_vault, data_account, data_container
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,7 @@ def scope_ids(env: EnvConfig, outputs: StackOutputs) -> dict[str, str]:
     return {
         "resource_group": group,
         "ml_workspace": f"{group}/providers/Microsoft.MachineLearningServices/workspaces/{outputs.ml_workspace_name}",
+        "ml_storage": f"{group}/providers/Microsoft.Storage/storageAccounts/{env.names.ml_storage_account}",
         "key_vault": f"{group}/providers/Microsoft.KeyVault/vaults/{env.names.key_vault}",
         "data_account": data_account,
         "data_container": f"{data_account}/blobServices/default/containers/{outputs.data_container}",

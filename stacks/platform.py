@@ -15,6 +15,7 @@ from cdktn_provider_azurerm.provider import (
     AzurermProviderFeaturesKeyVault,
 )
 from cdktn_provider_azurerm.resource_group import ResourceGroup
+from cdktn_provider_azurerm.role_assignment import RoleAssignment
 from constructs import Construct
 
 from config import PROJECT_ROOT, EnvConfig
@@ -45,11 +46,19 @@ class ChurnPlatformStack(TerraformStack):
             {
                 "resource_group": resource_group.id,
                 "ml_workspace": ml.workspace.id,
+                "ml_storage": ml.storage.id,
                 "key_vault": secrets.vault.id,
                 "data_account": data.account.id,
                 "data_container": data.container.id,
             }
         )
+        # `release` runs as the deploying principal unless the pipeline's modelConnection says otherwise. It
+        # reads the build's test set and the registered model's files; neither account allows shared keys.
+        for area, readable in (("data", data.container.id), ("ml_storage", ml.storage.id)):
+            RoleAssignment(
+                self, f"deployer_{area}_reader", scope=readable, principal_id=client.object_id,
+                role_definition_name="Storage Blob Data Reader",
+            )
         databricks = DatabricksPlatform(
             self, "databricks", env=env, resource_group=resource_group, vault=secrets.vault,
             automation_client_id=identity.client_id, source_root=source_root,

@@ -33,7 +33,11 @@ def test_shipped_config_has_local_dev_and_prod():
 
 def test_default_roles_are_least_privilege():
     roles = {(a.role, a.scope) for a in load_environment("dev", SHIPPED_CONFIG).role_assignments}
-    assert roles == {("AzureML Data Scientist", "ml_workspace"), ("Storage Blob Data Contributor", "data_container")}
+    assert roles == {
+        ("AzureML Data Scientist", "ml_workspace"),
+        ("Storage Blob Data Contributor", "ml_storage"),
+        ("Storage Blob Data Contributor", "data_container"),
+    }
 
 
 def test_globally_unique_names_differ_between_environments():

@@ -42,6 +42,7 @@ subscription_id = "00000000-0000-0000-0000-00000000abcd"
 role_assignments = [
   { role = "Contributor", scope = "resource_group" },
   { role = "AzureML Data Scientist", scope = "ml_workspace" },
+  { role = "Storage Blob Data Reader", scope = "ml_storage" },
   { role = "Key Vault Secrets User", scope = "key_vault" },
   { role = "Storage Blob Data Reader", scope = "data_account" },
   { role = "Storage Blob Data Contributor", scope = "data_container" },
@@ -56,6 +57,7 @@ job_timeout_minutes = 45
 SCOPE_TYPES = {
     "resource_group": "azurerm_resource_group",
     "ml_workspace": "azurerm_machine_learning_workspace",
+    "ml_storage": "azurerm_storage_account",
     "key_vault": "azurerm_key_vault",
     "data_account": "azurerm_storage_account",
     "data_container": "azurerm_storage_container",
@@ -326,6 +328,9 @@ def test_role_assignments_resolve_to_this_environments_resources(docs, envs, key
         "ml_workspace": ref(
             "azurerm_machine_learning_workspace", one(doc, "azurerm_machine_learning_workspace")[0], "id"
         ),
+        "ml_storage": ref(
+            "azurerm_storage_account", one(doc, "azurerm_storage_account", name=env.names.ml_storage_account)[0], "id"
+        ),
         "key_vault": ref("azurerm_key_vault", ops_vault(doc, env), "id"),
         "data_account": ref(
             "azurerm_storage_account", one(doc, "azurerm_storage_account", name=env.names.data_storage_account)[0], "id"
@@ -338,6 +343,20 @@ def test_role_assignments_resolve_to_this_environments_resources(docs, envs, key
     assert granted == {(wanted.role, expected_scope[wanted.scope]) for wanted in env.role_assignments}
     assert all(a["principal_type"] == "ServicePrincipal" for a in of_type(doc, "azurerm_role_assignment").values()
                if a["principal_id"] == principal)
+
+
+@ALL
+def test_the_deploying_principal_can_read_test_sets_and_model_files(docs, envs, key):
+    """`release` runs as the deploying principal by default; both accounts refuse shared keys."""
+    doc, env = docs[key], envs[key]
+    deployer = ref("data.azurerm_client_config", "client", "object_id")
+    readable = {
+        ref("azurerm_storage_container", one(doc, "azurerm_storage_container")[0], "id"),
+        ref("azurerm_storage_account", one(doc, "azurerm_storage_account", name=env.names.ml_storage_account)[0], "id"),
+    }
+    granted = {a["scope"] for a in of_type(doc, "azurerm_role_assignment").values()
+               if a["principal_id"] == deployer and a["role_definition_name"] == "Storage Blob Data Reader"}
+    assert granted == readable
 
 
 def test_custom_environment_covers_every_symbolic_scope(envs):
@@ -357,7 +376,7 @@ def test_duplicate_role_assignment_is_a_config_error(write_config, source_root, 
         '  { role = "Storage Blob Data Contributor", scope = "data_container" },',
     )
     env = load_environment("dev", write_config(text))
-    with pytest.raises(ConfigError, match=r"environment 'dev' key 'role_assignments\[2\]': .*listed twice"):
+    with pytest.raises(ConfigError, match=r"environment 'dev' key 'role_assignments\[3\]': .*listed twice"):
         ChurnPlatformStack(cdk_app(tmp_path / "out"), env, source_root=source_root)
 
 
