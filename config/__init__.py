@@ -52,6 +52,7 @@ class CloudEndpoints:
     graph: str
     resource_manager: str
     key_vault_resource: str
+    storage_suffix: str  # storage accounts' DNS suffix: <account>.dfs.<suffix>
 
 
 CLOUDS = {
@@ -61,6 +62,7 @@ CLOUDS = {
         "https://graph.microsoft.com",
         "https://management.azure.com",
         "https://vault.azure.net",
+        "core.windows.net",
     ),
     "AzureUSGovernment": CloudEndpoints(
         "AzureUSGovernment",
@@ -68,6 +70,7 @@ CLOUDS = {
         "https://graph.microsoft.us",
         "https://management.usgovcloudapi.net",
         "https://vault.usgovcloudapi.net",
+        "core.usgovcloudapi.net",
     ),
     "AzureChinaCloud": CloudEndpoints(
         "AzureChinaCloud",
@@ -75,6 +78,7 @@ CLOUDS = {
         "https://microsoftgraph.chinacloudapi.cn",
         "https://management.chinacloudapi.cn",
         "https://vault.azure.cn",
+        "core.chinacloudapi.cn",
     ),
 }
 # The AzureDatabricks first-party application, the same in every tenant: the audience of Entra ID

@@ -34,11 +34,6 @@ class StackOutputs:
     train_job_id: str
     deploy_job_id: str
 
-    @property
-    def data_root(self) -> str:
-        """The churn data container as an abfss URI (direct access: DBFS mounts are deprecated)."""
-        return f"abfss://{self.data_container}@{self.data_account}.dfs.core.windows.net"
-
 
 OUTPUT_NAMES = tuple(field.name for field in fields(StackOutputs))
 

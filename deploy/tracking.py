@@ -30,7 +30,8 @@ def data_root(env: EnvConfig, outputs: StackOutputs | None) -> str:
     if env.is_local:
         return str(local_data_root(env))
     assert outputs is not None, "Azure environments need their stack outputs"
-    return outputs.data_root
+    # Direct abfss access (DBFS mounts are deprecated), in the environment's cloud.
+    return f"abfss://{outputs.data_container}@{outputs.data_account}.dfs.{env.cloud.storage_suffix}"
 
 
 def use_environment(env: EnvConfig, outputs: StackOutputs | None = None) -> str:

@@ -77,6 +77,17 @@ def test_cloud_endpoints_can_be_overridden(write_config):
     assert envs["gov"].terraform_environment == "usgovernment"
 
 
+def test_data_root_is_in_the_environments_cloud(write_config):
+    from deploy.outputs import OUTPUT_NAMES, StackOutputs
+    from deploy.tracking import data_root
+
+    envs = load_all(write_config(MINIMAL + '\n[environments.cn]\nprefix = "chrncn"\ncloud = "AzureChinaCloud"\n'
+                                 'location = "chinanorth3"\n'))
+    outputs = StackOutputs(**{name: name for name in OUTPUT_NAMES} | {"data_account": "st", "data_container": "c"})
+    assert data_root(envs["dev"], outputs) == "abfss://c@st.dfs.core.windows.net"
+    assert data_root(envs["cn"], outputs) == "abfss://c@st.dfs.core.chinacloudapi.cn"
+
+
 BAD_CONFIGS = {
     "unknown key": (MINIMAL + "colour = 'blue'\n", "environment 'dev' key 'colour': unknown key; expected one of"),
     "unknown nested key": (
