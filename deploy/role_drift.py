@@ -2,8 +2,9 @@
 
 The config names roles and symbolic scopes (`env.role_assignments`); this module turns them into
 role definition ids (the role definitions API) and resource ids (the stack outputs and
-config.naming), lists the identity's assignments at and below the environment's resource group
-with azure-mgmt-authorization, and reports the difference both ways. It only reads: the caller
+config.naming), lists the identity's assignments that reach the environment's resource group
+(at it, inside it, or inherited from above it, such as a subscription-wide role) with
+azure-mgmt-authorization, and reports the difference both ways. It only reads: the caller
 needs `Microsoft.Authorization/roleAssignments/read` and `roleDefinitions/read` on the resource
 group, which Reader (or any broader role) gives.
 """
@@ -69,7 +70,7 @@ def scope_ids(env: EnvConfig, outputs: StackOutputs) -> dict[str, str]:
 def check(
     client: AuthorizationManagementClient, env: EnvConfig, outputs: StackOutputs, principal_id: str
 ) -> Drift:
-    """Compare `principal_id`'s assignments at and below the resource group with `env.role_assignments`."""
+    """Compare `principal_id`'s assignments that reach the resource group with `env.role_assignments`."""
     scopes = scope_ids(env, outputs)
     group = scopes["resource_group"]
     role_names: dict[str, str] = {}  # role definition GUID -> role name
@@ -84,13 +85,13 @@ def check(
         role_names[_guid(definition)] = configured.role
         expected[(_guid(definition), _normal(wanted.scope))] = wanted
 
-    # `principalId eq` returns the principal's assignments at, above and below the scope; the
-    # environment's scopes are the resource group and everything in it.
+    # `principalId eq` returns the principal's assignments at, above and below the group. Those above
+    # it (a subscription-wide Contributor, say) reach the environment too and no config entry can
+    # declare them, so they always count as unexpected: least privilege is about what it can do here.
     held: dict[tuple[str, str], tuple[str, str]] = {}  # (GUID, normalised scope) -> (definition id, scope)
     for assignment in client.role_assignments.list_for_scope(group, filter=f"principalId eq '{principal_id}'"):
-        if _normal(assignment.scope) == _normal(group) or _normal(assignment.scope).startswith(_normal(group) + "/"):
-            key = (_guid(assignment.role_definition_id), _normal(assignment.scope))
-            held[key] = (assignment.role_definition_id, assignment.scope)
+        key = (_guid(assignment.role_definition_id), _normal(assignment.scope))
+        held[key] = (assignment.role_definition_id, assignment.scope)
 
     missing += [wanted for key, wanted in expected.items() if key not in held]
     unexpected = []

@@ -300,8 +300,9 @@ def test_role_drift_reports_missing_and_unexpected_assignments_at_the_environmen
     fake.role_assignments[:] = [
         {"principal": fake.principal_id, "role_guid": ROLES["AzureML Data Scientist"], "scope": WORKSPACE_ID},
         {"principal": fake.principal_id, "role_guid": ROLES["Contributor"], "scope": GROUP_ID},
-        # above the environment's scopes, and someone else's: neither is this environment's drift
+        # inherited from above the resource group: it reaches the environment, so it is drift too
         {"principal": fake.principal_id, "role_guid": ROLES["Reader"], "scope": f"/subscriptions/{SUBSCRIPTION_ID}"},
+        # someone else's: not this identity's drift
         {"principal": "someone-else", "role_guid": ROLES["Contributor"], "scope": CONTAINER_ID},
     ]
 
@@ -309,7 +310,10 @@ def test_role_drift_reports_missing_and_unexpected_assignments_at_the_environmen
 
     assert outcome.steps["role_drift"]["state"] == "drift" and not outcome.ok
     assert outcome.role_drift["missing"] == [{"role": "Storage Blob Data Contributor", "scope": CONTAINER_ID}]
-    assert outcome.role_drift["unexpected"] == [{"role": "Contributor", "scope": GROUP_ID}]
+    assert sorted(outcome.role_drift["unexpected"], key=lambda a: a["role"]) == [
+        {"role": "Contributor", "scope": GROUP_ID},
+        {"role": "Reader", "scope": f"/subscriptions/{SUBSCRIPTION_ID}"},
+    ]
     assert world.assert_latest_version_authenticates()["tags"]["key-id"] == outcome.new_key_id
 
 
