@@ -14,7 +14,9 @@ from __future__ import annotations
 import copy
 import json
 import tempfile
+import threading
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from unittest.mock import create_autospec
@@ -126,10 +128,13 @@ class FakeWorkspace:
     It behaves as the service does where the rollout depends on it: `get` returns a fresh copy
     (a caller's edits change nothing until sent back), a new deployment takes no traffic, the
     endpoint's traffic must name existing deployments and add up to 100 (or 0), a deployment
-    that takes traffic cannot be deleted, and `invoke` scores the request file with the model
-    version the deployment serves. `wrong` and `broken` deployments answer badly or fail, and
-    `failing` ones fail to provision.
+    that takes traffic cannot be deleted, and each endpoint's scoring URI is a real HTTP server on
+    127.0.0.1 that checks the endpoint token and scores a request with the model version of the
+    deployment its `azureml-model-deployment` header names. `wrong` and `broken` deployments answer
+    badly or fail, and `failing` ones fail to provision. Use it as a context manager (it stops the server).
     """
+
+    TOKEN = "fake-aml-token"
 
     def __init__(self, score: Callable[[str, pd.DataFrame], list[Any]]):
         from azure.ai.ml.operations import OnlineDeploymentOperations, OnlineEndpointOperations
@@ -141,15 +146,25 @@ class FakeWorkspace:
         self.broken: set[str] = set()
         self.failing: set[str] = set()
         self.traffic_at_invoke: list[dict[str, int]] = []
+        self.scored: list[tuple[str, str]] = []  # (endpoint, deployment) of each scoring request
         self.online_endpoints = create_autospec(OnlineEndpointOperations, instance=True)
         self.online_deployments = create_autospec(OnlineDeploymentOperations, instance=True)
         self.online_endpoints.get.side_effect = self._get_endpoint
         self.online_endpoints.begin_create_or_update.side_effect = self._put_endpoint
-        self.online_endpoints.invoke.side_effect = self._invoke
+        self.online_endpoints.get_keys.side_effect = self._get_keys
         self.online_deployments.get.side_effect = self._get_deployment
         self.online_deployments.list.side_effect = self._list_deployments
         self.online_deployments.begin_create_or_update.side_effect = self._put_deployment
         self.online_deployments.begin_delete.side_effect = self._delete_deployment
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._scoring_handler())
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def __enter__(self) -> FakeWorkspace:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
 
     def traffic(self, endpoint: str) -> dict[str, int]:
         return dict(self.endpoints[endpoint].traffic or {})
@@ -172,7 +187,8 @@ class FakeWorkspace:
             raise HttpResponseError(message=f"invalid traffic {traffic} for endpoint {endpoint.name}")
         stored = ManagedOnlineEndpoint(
             name=endpoint.name, auth_mode=endpoint.auth_mode, tags=dict(endpoint.tags or {}), traffic=traffic,
-            provisioning_state="Succeeded", scoring_uri=f"https://{endpoint.name}.westeurope.inference.ml.azure.com/score",
+            provisioning_state="Succeeded",
+            scoring_uri=f"http://127.0.0.1:{self._server.server_address[1]}/{endpoint.name}/score",
         )
         self.endpoints[endpoint.name] = stored
         self.deployments.setdefault(endpoint.name, {})
@@ -218,18 +234,48 @@ class FakeWorkspace:
         }
         return _poller(None)
 
-    def _invoke(self, endpoint_name: str, *, request_file: str, deployment_name: str, **_: Any) -> str:
-        from azure.core.exceptions import HttpResponseError
+    def _get_keys(self, name: str, **_: Any) -> Any:
+        from azure.ai.ml.entities import EndpointAuthToken
 
+        self._get_endpoint(name)  # not found, as the service says, for an unknown endpoint
+        return EndpointAuthToken(access_token=self.TOKEN)
+
+    def _score(self, endpoint_name: str, deployment_name: str, request: dict[str, Any]) -> tuple[int, str]:
+        self.scored.append((endpoint_name, deployment_name))
         self.traffic_at_invoke.append(self.traffic(endpoint_name))
+        if deployment_name not in self.deployments.get(endpoint_name, {}):
+            return 404, f"no deployment {deployment_name}"
         if deployment_name in self.broken:
-            raise HttpResponseError(message="upstream request timeout")
-        request = json.loads(Path(request_file).read_text())["input_data"]
-        rows = pd.DataFrame(request["data"], columns=request["columns"], index=request["index"])
+            return 500, "upstream request timeout"
+        frame = request["input_data"]
+        rows = pd.DataFrame(frame["data"], columns=frame["columns"], index=frame["index"])
         if deployment_name in self.wrong:
-            return json.dumps([7] * len(rows))
+            return 200, json.dumps([7] * len(rows))
         version = self.deployments[endpoint_name][deployment_name].model.rsplit("/", 1)[1]
-        return json.dumps(self.score(version, rows))
+        return 200, json.dumps(self.score(version, rows))
+
+    def _scoring_handler(self) -> type[BaseHTTPRequestHandler]:
+        workspace = self
+
+        class Scoring(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if self.headers.get("Authorization") != f"Bearer {workspace.TOKEN}":
+                    status, text = 401, "missing or wrong endpoint token"
+                else:
+                    endpoint = self.path.strip("/").split("/")[0]
+                    status, text = workspace._score(endpoint, self.headers["azureml-model-deployment"], body)
+                payload = text.encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *_: Any) -> None:  # keep the test output quiet
+                pass
+
+        return Scoring
 
 
 def _poller(result: Any) -> Any:

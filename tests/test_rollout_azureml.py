@@ -9,6 +9,7 @@ the deployment serves.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 from azure.core.exceptions import HttpResponseError
 
-from config import load_environment
+from config import EnvConfig, load_environment
 from deploy import registry, tracking
 from deploy.errors import Refused
 from deploy.rollout import release, rollback, status
@@ -25,10 +26,14 @@ from tests.rollout_fixtures import FakeWorkspace, log_build, offline, stack_outp
 
 
 @pytest.fixture
-def azure(local_config: Path) -> SimpleNamespace:
+def azure(local_config: Path) -> Iterator[SimpleNamespace]:
     local = load_environment("local", local_config)
     dev = load_environment("dev", local_config)
-    workspace = FakeWorkspace(offline)
+    with FakeWorkspace(offline) as workspace:
+        yield _world(local, dev, workspace)
+
+
+def _world(local: EnvConfig, dev: EnvConfig, workspace: FakeWorkspace) -> SimpleNamespace:
     world = SimpleNamespace(
         local=local, env=dev, workspace=workspace, target=AzureMLTarget(dev, workspace),
         outputs=stack_outputs(dev, tracking.tracking_uri(local, None)),
@@ -62,15 +67,15 @@ def test_first_release_creates_the_endpoint_deploys_beside_it_with_zero_traffic_
     )
     assert deployment.code_configuration is None and deployment.environment is None  # MLflow no-code
 
-    invokes = azure.workspace.online_endpoints.invoke.call_args_list
-    assert len(invokes) == azure.env.validation.rows + 1  # one warm-up, then one request per row
-    assert {(call.kwargs["endpoint_name"], call.kwargs["deployment_name"]) for call in invokes} == {
-        (azure.stage, "churn-v1")
-    }
+    scored = azure.workspace.scored
+    assert len(scored) == azure.env.validation.rows + 1  # one warm-up, then one request per row
+    assert set(scored) == {(azure.stage, "churn-v1")}
+    azure.workspace.online_endpoints.invoke.assert_not_called()  # its management calls would skew latency
+    azure.workspace.online_endpoints.get_keys.assert_called_once_with(azure.stage)  # the token, fetched once
     assert all(traffic.get("churn-v1", 0) == 0 for traffic in azure.workspace.traffic_at_invoke)
 
     assert azure.workspace.traffic(azure.stage) == {"churn-v1": 100}
-    assert result.url == f"https://{azure.stage}.westeurope.inference.ml.azure.com/score"
+    assert result.url == azure.workspace.endpoints[azure.stage].scoring_uri
     assert (result.version, result.previous, result.validation["mismatches"]) == ("1", None, 0)
     assert registry.alias_version("stage") == "1"
     assert registry.version_tags("1")["validated.stage"] == "true"

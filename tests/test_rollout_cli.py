@@ -139,12 +139,14 @@ def test_release_status_rollback_down_on_local(env: EnvConfig, local_config: Pat
 
 
 def test_release_and_rollback_json_on_azure(
-    env: EnvConfig, local_config: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+    env: EnvConfig, local_config: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> None:
     dev = load_environment("dev", local_config)
     outputs = tmp_path / "outputs.json"
     outputs.write_text(json.dumps(outputs_document(dev, tracking.tracking_uri(env, None))))
     workspace = FakeWorkspace(offline)
+    request.addfinalizer(lambda: workspace.__exit__(None, None, None))  # stops its scoring server
     monkeypatch.setattr(targets, "for_environment", lambda environment, _: AzureMLTarget(environment, workspace))
     log_build(env, "A", seed=1)
     log_build(env, "B", seed=2)
@@ -160,7 +162,7 @@ def test_release_and_rollback_json_on_azure(
     assert status == 0
     assert json.loads(out) == {
         "environment": "dev", "slot": "stage", "endpoint": "churnservice-stage-chrndev",
-        "url": "https://churnservice-stage-chrndev.westeurope.inference.ml.azure.com/score",
+        "url": workspace.endpoints["churnservice-stage-chrndev"].scoring_uri,
         "deployment": "churn-v1", "version": "1", "rolled_back_from": "churn-v2",
     }
 

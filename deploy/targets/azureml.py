@@ -10,9 +10,7 @@ import, so it is imported only when this target is built.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from typing import TYPE_CHECKING, Any
 
 from config import EnvConfig
@@ -37,6 +35,7 @@ class AzureMLTarget(Target):
     def __init__(self, env: EnvConfig, client: MLClient):
         self.env = env
         self.client = client
+        self._scoring: dict[str, tuple[str, str]] = {}  # endpoint -> (scoring URI, token), fetched once
 
     @classmethod
     def from_outputs(cls, env: EnvConfig, outputs: StackOutputs) -> AzureMLTarget:
@@ -110,18 +109,34 @@ class AzureMLTarget(Target):
         return DeploymentInfo(name, version, 0, state)
 
     def invoke_deployment(self, slot: str, name: str, rows: pd.DataFrame) -> list[Any]:
+        """Score `rows` on one deployment through the endpoint's scoring URI, as a client would.
+
+        Not `online_endpoints.invoke`: that makes management calls on every request, which would
+        dominate the latency the smoke validation measures. The URI and token are fetched once per
+        endpoint; the request goes through azure-core with no retry policy, so an error is seen as one.
+        """
+        from azure.core.rest import HttpRequest
+
+        uri, token = self._scoring_access(self.env.endpoint_name(slot))
         # MLflow no-code deployments take pandas' split orientation under `input_data`.
-        payload = {"input_data": json.loads(rows.to_json(orient="split"))}
-        handle, path = tempfile.mkstemp(suffix=".json", prefix="churn-request-")
-        try:
-            with os.fdopen(handle, "w") as request:
-                json.dump(payload, request)
-            answer = self.client.online_endpoints.invoke(
-                endpoint_name=self.env.endpoint_name(slot), request_file=path, deployment_name=name
-            )
-        finally:
-            os.unlink(path)
-        return predictions_of(answer)
+        request = HttpRequest(
+            "POST", uri, json={"input_data": json.loads(rows.to_json(orient="split"))},
+            headers={"Authorization": f"Bearer {token}", "azureml-model-deployment": name},
+        )
+        with _scoring_client(uri) as client:
+            response = client.send_request(request)
+        if response.status_code >= 400:
+            raise DeployError(f"deployment {name} answered {response.status_code}: {response.text()[:200]}")
+        return predictions_of(response.text())
+
+    def _scoring_access(self, endpoint: str) -> tuple[str, str]:
+        if endpoint not in self._scoring:
+            keys = self.client.online_endpoints.get_keys(endpoint)  # aml_token endpoints: an access token
+            token = getattr(keys, "access_token", None) or getattr(keys, "primary_key", None)
+            if not token:
+                raise DeployError(f"endpoint {endpoint} gave no token or key to score with")
+            self._scoring[endpoint] = (self.client.online_endpoints.get(endpoint).scoring_uri, token)
+        return self._scoring[endpoint]
 
     def switch_traffic(self, slot: str, to: str, previous: str | None) -> None:
         name = self.env.endpoint_name(slot)
@@ -163,6 +178,14 @@ def version_of(deployment: Any) -> str | None:
     reference = deployment.model if isinstance(deployment.model, str) else getattr(deployment.model, "id", None)
     match = MODEL_REFERENCE.search(reference or "")
     return match.group(1) if match else None
+
+
+def _scoring_client(uri: str) -> Any:
+    """A bare azure-core pipeline: no retries (a retried failure would hide an error from the smoke
+    validation) and no HTTP logging (the request carries the endpoint's token)."""
+    from azure.core import PipelineClient
+
+    return PipelineClient(uri, policies=[])
 
 
 def predictions_of(answer: str) -> list[Any]:
