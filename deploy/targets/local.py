@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from config import PROJECT_ROOT, EnvConfig
-from deploy import tracking
 from deploy.contract import REGISTERED_MODEL
 from deploy.errors import DeployError, UsageError
 from deploy.report import heartbeat, progress
@@ -185,9 +184,8 @@ class LocalTarget(Target):
         folder = self.root / "models" / version
         found = next(folder.rglob("MLmodel"), None)
         if found is None:
-            import mlflow
+            import mlflow  # pointed at this environment's registry by the release or rollback calling us
 
-            tracking.use_environment(self.env)
             uri = f"models:/{REGISTERED_MODEL}/{version}"
             downloaded = mlflow.artifacts.download_artifacts(uri, dst_path=str(folder))
             found = next(Path(downloaded).rglob("MLmodel"))
