@@ -13,15 +13,15 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from deploy.errors import USAGE, DeployError
+from deploy.core.errors import USAGE, DeployError
 
 COMMANDS = {
     "train": "deploy.train:run",
-    "release": "deploy.rollout:run_release",
-    "rollback": "deploy.rollout:run_rollback",
-    "down": "deploy.rollout:run_down",
+    "release": "deploy.release.rollout:run_release",
+    "rollback": "deploy.release.rollout:run_rollback",
+    "down": "deploy.release.rollout:run_down",
     "status": "deploy.status:run",
-    "rotate-secret": "deploy.rotation:run",
+    "rotate-secret": "deploy.identity.rotation:run",
 }
 SLOTS = ("stage", "prod")
 

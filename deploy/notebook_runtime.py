@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from config import EnvConfig, load_environment
-from deploy import contract
-from deploy.errors import UsageError
+from deploy.core import contract
+from deploy.core.errors import UsageError
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
 
-    from deploy.outputs import StackOutputs
+    from deploy.platform.outputs import StackOutputs
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOK_HEADER = "# Databricks notebook source"
@@ -157,7 +157,7 @@ def sign_in_automation_identity(dbutils: Any, env: EnvConfig, outputs: StackOutp
     """
     from azure.identity import ClientSecretCredential
 
-    from deploy.azure_auth import identity_options
+    from deploy.platform.azure_auth import identity_options
 
     secret = dbutils.secrets.get(scope=SECRET_SCOPE, key=outputs.client_secret_name)
     os.environ.update(
@@ -178,7 +178,7 @@ def build_parameters(build: str, source: str) -> tuple[str, str]:
 
 def train(dbutils: Any, env_name: str, build: str, source: str, force: bool = False) -> str:
     """The `train_churn` notebook's body: train the build and return its run as JSON (the notebook's exit value)."""
-    from deploy.outputs import load_outputs
+    from deploy.platform.outputs import load_outputs
     from deploy.training import train_build
 
     env = environment(dbutils, env_name)
@@ -195,8 +195,8 @@ def train(dbutils: Any, env_name: str, build: str, source: str, force: bool = Fa
 
 def deploy(dbutils: Any, env_name: str, build: str, deploy_type: str) -> str:
     """The `deploy_churn` notebook's body: release the build (empty: the latest) into the slot `deploy_type`."""
-    from deploy.outputs import load_outputs
-    from deploy.rollout import release
+    from deploy.platform.outputs import load_outputs
+    from deploy.release.rollout import release
 
     env = environment(dbutils, env_name)
     if deploy_type not in DEPLOY_TYPES:

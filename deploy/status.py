@@ -6,19 +6,30 @@ import argparse
 from typing import Any
 
 from config import EnvConfig
-from deploy.errors import OK
-from deploy.report import emit_json
+from deploy.core.errors import OK
+from deploy.core.report import emit_json
 
 
 def run(args: argparse.Namespace, env: EnvConfig) -> int:
-    from deploy.rollout import status
-
-    document = status(env, outputs=args.outputs)
+    document = collect(env, args.outputs)
     if args.json:
         emit_json(document)
     else:
         print(render(document))
     return OK
+
+
+def collect(env: EnvConfig, outputs: Any = None, target: Any = None) -> dict[str, Any]:
+    """The slots (from the release side) and, on Azure, the automation secret (from the identity side)."""
+    from deploy.release.rollout import resolve_outputs, status
+
+    stack = resolve_outputs(env, outputs)
+    document = status(env, outputs=stack, target=target)
+    if not env.is_local:
+        from deploy.identity.rotation import secret_status
+
+        document["secret"] = secret_status(env, stack)
+    return document
 
 
 def render(document: dict[str, Any]) -> str:
@@ -48,7 +59,7 @@ def _version(deployment: dict[str, Any] | None) -> str:
 def _validation(result: dict[str, Any] | None) -> str:
     if result is None:
         return "-"
-    from deploy.smoke import summary
+    from deploy.release.smoke import summary
 
     verdict = "passed" if result["passed"] else "failed: " + "; ".join(result["reasons"])
     return f"version {result['version']} {verdict} ({summary(result)}) at {result['at']}"

@@ -15,10 +15,10 @@ import uuid
 from typing import Any
 
 from config import EnvConfig
-from deploy.contract import EXPERIMENT, MANUAL_SOURCE
-from deploy.errors import OK, UsageError
-from deploy.report import emit_json, progress
-from deploy.training.build_id import check_build
+from deploy.core.build_id import check_build
+from deploy.core.contract import EXPERIMENT, MANUAL_SOURCE
+from deploy.core.errors import OK, UsageError
+from deploy.core.report import emit_json, progress
 
 TRAIN_NOTEBOOK = "train_churn"
 
@@ -57,8 +57,8 @@ def train_locally(args: argparse.Namespace, env: EnvConfig, build: str, source: 
 
 def train_on_databricks(args: argparse.Namespace, env: EnvConfig, build: str, source: str) -> dict[str, Any]:
     """Start (or find) the build's run of the workspace's `train` job and, unless --no-wait, wait for it."""
-    from deploy import jobs
-    from deploy.outputs import load_outputs
+    from deploy.platform import jobs
+    from deploy.platform.outputs import load_outputs
 
     outputs = load_outputs(env, args.outputs)
     client = jobs.workspace_client(env, outputs)

@@ -25,9 +25,18 @@ import numpy as np
 import pandas as pd
 
 from config import EnvConfig
-from deploy import registry, tracking
-from deploy.contract import CATEGORICAL_FEATURES, FEATURES, LABEL, NUMERIC_FEATURES, TAG_BUILD, TAG_SOURCE, audit_path
-from deploy.contract import MODEL_ARTIFACT_PATH as MODEL_PATH
+from deploy.core.contract import (
+    CATEGORICAL_FEATURES,
+    FEATURES,
+    LABEL,
+    NUMERIC_FEATURES,
+    TAG_BUILD,
+    TAG_SOURCE,
+    audit_path,
+)
+from deploy.core.contract import MODEL_ARTIFACT_PATH as MODEL_PATH
+from deploy.platform import tracking
+from deploy.release import registry
 
 QUALITIES = ("good", "weak", "inverted")
 
@@ -114,7 +123,7 @@ def build_test_set(env: EnvConfig, build: str) -> pd.DataFrame:
 
 
 def offline(version: str, rows: pd.DataFrame) -> list[Any]:
-    from deploy.smoke import offline_predictions
+    from deploy.release.smoke import offline_predictions
 
     return offline_predictions(registry.model_uri(version), rows[list(FEATURES)])
 
@@ -294,7 +303,7 @@ def _not_found(what: str) -> Exception:
 
 def stack_outputs(env: EnvConfig, tracking_uri: str) -> Any:
     """Outputs of an Azure environment whose MLflow store is a local SQLite file."""
-    from deploy.outputs import OUTPUT_NAMES, StackOutputs
+    from deploy.platform.outputs import OUTPUT_NAMES, StackOutputs
 
     values = {name: f"test-{name}" for name in OUTPUT_NAMES}
     values.update(mlflow_tracking_uri=tracking_uri, resource_group=env.names.resource_group)

@@ -78,8 +78,8 @@ def test_cloud_endpoints_can_be_overridden(write_config):
 
 
 def test_data_root_is_in_the_environments_cloud(write_config):
-    from deploy.outputs import OUTPUT_NAMES, StackOutputs
-    from deploy.tracking import data_root
+    from deploy.platform.outputs import OUTPUT_NAMES, StackOutputs
+    from deploy.platform.tracking import data_root
 
     envs = load_all(write_config(MINIMAL + '\n[environments.cn]\nprefix = "chrncn"\ncloud = "AzureChinaCloud"\n'
                                  'location = "chinanorth3"\n'))

@@ -12,10 +12,10 @@ from azure.core.credentials import AccessToken
 from azure.identity import DefaultAzureCredential
 
 from config import load_environment
-from deploy import jobs
 from deploy.cli import main
-from deploy.errors import DeployError, Refused
-from deploy.outputs import OUTPUT_NAMES, load_outputs
+from deploy.core.errors import DeployError, Refused
+from deploy.platform import jobs
+from deploy.platform.outputs import OUTPUT_NAMES, load_outputs
 from tests.fakes_databricks import SUCCEEDS, FakeJobsApi, Step, fails
 
 TRAINED = {"run_id": "mlflow-run-1", "build": "20261126.3", "source": "repo@abc", "experiment": "automl-churn",
@@ -195,9 +195,9 @@ def test_waiting_gives_up_after_the_budget_and_leaves_the_run_going(fake, client
 @pytest.fixture
 def cli(monkeypatch, local_config, outputs_file, credential):
     """`python -m deploy train --env dev` against the fake: only the Azure login is swapped for the test credential."""
-    import deploy.azure_auth
+    import deploy.platform.azure_auth
 
-    monkeypatch.setattr(deploy.azure_auth, "credential", lambda env: credential)
+    monkeypatch.setattr(deploy.platform.azure_auth, "credential", lambda env: credential)
     monkeypatch.setattr(jobs, "POLL_SECONDS", 0)
 
     def run(*arguments: str) -> int:

@@ -13,9 +13,11 @@ import pytest
 from azure.identity import ClientSecretCredential
 
 from config import load_environment
-from deploy import contract, notebook_runtime, tracking
-from deploy.errors import Refused, UsageError
-from deploy.outputs import OUTPUT_NAMES, StackOutputs
+from deploy import notebook_runtime
+from deploy.core import contract
+from deploy.core.errors import Refused, UsageError
+from deploy.platform import tracking
+from deploy.platform.outputs import OUTPUT_NAMES, StackOutputs
 from deploy.training import synthetic
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -117,7 +119,7 @@ def test_train_notebook_needs_its_env_widget(local_config, data):
 @pytest.mark.slow
 def test_deploy_notebook_releases_the_latest_build_to_stage_and_refuses_prod_first(local_config, data):
     """Empty buildNumber: the latest build. Stage starts a real local scoring server; `down` stops it."""
-    from deploy.rollout import down
+    from deploy.release.rollout import down
 
     trained = json.loads(notebook_runtime.run_notebook("train_churn", dbutils(local_config, data, buildNumber="b-rel")))
     env = load_environment("local", local_config)

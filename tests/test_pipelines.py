@@ -30,8 +30,8 @@ import yaml
 
 from config import PROJECT_ROOT, load_all, load_environment
 from deploy.cli import build_parser
+from deploy.core.build_id import check_build
 from deploy.status import render as render_status
-from deploy.training.build_id import check_build
 
 PIPELINES = PROJECT_ROOT / "pipelines"
 TEMPLATES = PIPELINES / "templates"
@@ -692,7 +692,7 @@ def rollback_script() -> str:
 
 
 def status_document(prod_build: str | None, secret: dict[str, Any] | None) -> dict[str, Any]:
-    """A `status --json` document of an Azure environment, shaped as deploy.rollout.status builds it."""
+    """A `status --json` document of an Azure environment, shaped as deploy.release.rollout.status builds it."""
 
     def slot(name: str, build: str | None) -> dict[str, Any]:
         serving = (

@@ -18,10 +18,12 @@ import pytest
 from azure.core.exceptions import HttpResponseError
 
 from config import EnvConfig, load_environment
-from deploy import registry, tracking
-from deploy.errors import Refused
-from deploy.rollout import release, rollback, status
-from deploy.targets.azureml import AzureMLTarget, predictions_of, version_of
+from deploy.core.errors import Refused
+from deploy.platform import tracking
+from deploy.release import registry
+from deploy.release.rollout import release, rollback
+from deploy.release.targets.azureml import AzureMLTarget, predictions_of, version_of
+from deploy.status import collect
 from tests.rollout_fixtures import FakeWorkspace, log_build, offline, stack_outputs
 
 
@@ -178,7 +180,7 @@ def test_prod_takes_only_stage_validated_versions_unless_forced(azure) -> None:
 
 
 def test_status_shows_both_slots_and_the_secret(azure, monkeypatch: pytest.MonkeyPatch) -> None:
-    import deploy.rotation
+    import deploy.identity.rotation
 
     seen = {}
 
@@ -186,9 +188,9 @@ def test_status_shows_both_slots_and_the_secret(azure, monkeypatch: pytest.Monke
         seen.update(env=env, outputs=outputs)
         return {"name": env.secret.name, "days_left": 80}
 
-    monkeypatch.setattr(deploy.rotation, "secret_status", secret_status)
+    monkeypatch.setattr(deploy.identity.rotation, "secret_status", secret_status)
     ship(azure, "A")
-    document = status(azure.env, outputs=azure.outputs, target=azure.target)
+    document = collect(azure.env, outputs=azure.outputs, target=azure.target)
     stage, prod = document["slots"]["stage"], document["slots"]["prod"]
     assert stage["serving"] == {"deployment": "churn-v1", "version": "1", "build": "A", "state": "Succeeded"}
     assert (stage["state"], stage["traffic"], stage["endpoint"]) == ("Succeeded", {"churn-v1": 100}, azure.stage)

@@ -16,10 +16,11 @@ from typing import Any
 import pytest
 
 from config import EnvConfig, load_environment
-from deploy import targets, tracking
 from deploy.cli import main
-from deploy.rollout import down
-from deploy.targets.azureml import AzureMLTarget
+from deploy.platform import tracking
+from deploy.release import targets
+from deploy.release.rollout import down
+from deploy.release.targets.azureml import AzureMLTarget
 from tests.rollout_fixtures import FakeWorkspace, log_build, offline, outputs_document
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

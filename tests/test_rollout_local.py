@@ -19,12 +19,12 @@ from typing import Any
 import pytest
 
 from config import EnvConfig, load_environment
-from deploy import gate, registry
-from deploy.contract import FEATURES
-from deploy.errors import Refused, UsageError
-from deploy.rollout import down, release, rollback, status
-from deploy.targets import local
-from deploy.targets.local import LocalTarget, score
+from deploy.core.contract import FEATURES
+from deploy.core.errors import Refused, UsageError
+from deploy.release import gate, registry
+from deploy.release.rollout import down, release, rollback, status
+from deploy.release.targets import local
+from deploy.release.targets.local import LocalTarget, score
 from tests.rollout_fixtures import build_test_set, imposter_command, log_build, offline
 
 
@@ -75,7 +75,7 @@ def test_two_finished_runs_for_one_build_are_bad_input(env: EnvConfig) -> None:
 def test_latest_takes_the_newest_finished_run(env: EnvConfig) -> None:
     log_build(env, "older", seed=1)
     newest = log_build(env, "newer", seed=2)
-    from deploy import tracking
+    from deploy.platform import tracking
 
     tracking.use_environment(env)
     assert registry.find_run("latest").info.run_id == newest
@@ -142,7 +142,7 @@ def test_smoke_validation_refuses_slow_answers_and_counts_a_warm_up_apart() -> N
     import pandas as pd
 
     from config import Validation
-    from deploy.smoke import percentile, validate
+    from deploy.release.smoke import percentile, validate
 
     rows = pd.DataFrame({"Age": [30, 40, 50]})
     calls = []
@@ -161,7 +161,7 @@ def test_smoke_validation_refuses_slow_answers_and_counts_a_warm_up_apart() -> N
 
 
 def test_smoke_validation_compares_numbers_within_round_trip_error() -> None:
-    from deploy.smoke import same
+    from deploy.release.smoke import same
 
     assert same(0.1 + 0.2, 0.3) and same([0.25, 0.75], [0.25, 0.75]) and same("yes", "yes")
     assert not same(0, 1) and not same(0.3, 0.31) and not same([0.1], [0.1, 0.2])

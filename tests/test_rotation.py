@@ -14,10 +14,9 @@ import pytest
 from azure.identity import ClientSecretCredential
 
 from config import EnvConfig, load_environment
-from deploy import role_drift
-from deploy.graph import PasswordCredential
-from deploy.outputs import load_outputs
-from deploy.rotation import (
+from deploy.identity import role_drift
+from deploy.identity.graph import PasswordCredential
+from deploy.identity.rotation import (
     CONTENT_TYPE,
     Clients,
     Options,
@@ -27,6 +26,7 @@ from deploy.rotation import (
     rotate,
     secret_status,
 )
+from deploy.platform.outputs import load_outputs
 from tests.fakes_azure import (
     CONTAINER_ID,
     ENV_NAME,

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from deploy.cli import main
-from deploy.errors import DeployError
-from deploy.outputs import OUTPUT_NAMES
+from deploy.core.errors import DeployError
+from deploy.platform.outputs import OUTPUT_NAMES
 from tests.fakes_azure import (
     ENV_NAME,
     GROUP_ID,

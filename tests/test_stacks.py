@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from config import ConfigError, load_all, load_environment
-from deploy.outputs import OUTPUT_NAMES
+from deploy.platform.outputs import OUTPUT_NAMES
 from tests.conftest import PROJECT_ROOT, SHIPPED_CONFIG
 
 pytest.importorskip("cdktn")
@@ -555,7 +555,16 @@ def test_project_code_is_uploaded_at_its_repository_paths(docs, source_root, key
     files = of_type(docs[key], "databricks_workspace_file").values()
     uploaded = {attrs["path"]: attrs["content_base64"] for attrs in files}
     expected = project_files(source_root)
-    assert {"config/__init__.py", "config/environments.toml", "config/schema.json", "deploy/outputs.py"} <= {*expected}
+    assert {"config/__init__.py", "config/environments.toml", "config/schema.json", "deploy/platform/outputs.py"} <= {
+        *expected
+    }
+    # Every package of deploy/, each concern's folder included, so a notebook imports exactly what the CLI does.
+    packages = {
+        path.parent.relative_to(source_root).as_posix() for path in (source_root / "deploy").rglob("__init__.py")
+    }
+    assert {"deploy", "deploy/core", "deploy/platform", "deploy/release", "deploy/release/targets",
+            "deploy/identity", "deploy/training"} <= packages
+    assert {f"{package}/__init__.py" for package in packages} <= {*expected}
     for relative in expected:
         assert base64.b64decode(uploaded.pop(f"{WORKSPACE_ROOT}/{relative}")) == (source_root / relative).read_bytes()
     assert list(uploaded) == [f"{WORKSPACE_ROOT}/outputs/{'churn-dev' if key != 'prod' else 'churn-prod'}.json"]

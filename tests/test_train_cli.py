@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 
 from config import load_environment
-from deploy import contract, tracking
 from deploy.cli import main
+from deploy.core import contract
+from deploy.platform import tracking
 from deploy.training import synthetic
 
 ROWS = 2_000

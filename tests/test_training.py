@@ -11,9 +11,10 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.filedatalake import DataLakeServiceClient
 
 from config import load_environment
-from deploy import contract, tracking
-from deploy.errors import UsageError
-from deploy.training import schema, storage, synthetic
+from deploy.core import contract
+from deploy.core.errors import UsageError
+from deploy.platform import storage, tracking
+from deploy.training import schema, synthetic
 from tests.conftest import SHIPPED_CONFIG
 
 ROWS = 2_000  # enough for a stratified split and a 3-fold search, quick enough for the suite

@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from config import EnvConfig
-from deploy import contract, tracking
-from deploy.errors import UsageError
-from deploy.outputs import StackOutputs
-from deploy.report import progress
-from deploy.training import model, schema, storage, synthetic
-from deploy.training.build_id import check_build
+from deploy.core import contract
+from deploy.core.build_id import check_build
+from deploy.core.errors import UsageError
+from deploy.core.report import progress
+from deploy.platform import storage, tracking
+from deploy.platform.outputs import StackOutputs
+from deploy.training import model, schema, synthetic
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -73,7 +74,7 @@ def train_build(
 
     root = tracking.data_root(env, outputs)
     if not env.is_local and credential is None:
-        from deploy.azure_auth import credential as env_credential
+        from deploy.platform.azure_auth import credential as env_credential
 
         credential = env_credential(env)
     frame, source_location = _read_source(env, root, data_csv, credential)

@@ -19,7 +19,7 @@ from sklearn.model_selection import GridSearchCV, StratifiedKFold, train_test_sp
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder
 
-from deploy.contract import CATEGORICAL_FEATURES, FEATURES, LABEL, NUMERIC_FEATURES
+from deploy.core.contract import CATEGORICAL_FEATURES, FEATURES, LABEL, NUMERIC_FEATURES
 
 RANDOM_SEED = 42
 TEST_SIZE = 0.2

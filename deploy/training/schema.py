@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from deploy.contract import CATEGORICAL_FEATURES, COLUMNS, FEATURES, LABEL, NUMERIC_FEATURES
-from deploy.errors import UsageError
+from deploy.core.contract import CATEGORICAL_FEATURES, COLUMNS, FEATURES, LABEL, NUMERIC_FEATURES
+from deploy.core.errors import UsageError
 
 REQUIRED_COLUMNS = (*FEATURES, LABEL)
 # Rows a stratified 80/20 split and a 3-fold search need at the very least.

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from deploy.contract import COLUMNS, LABEL
+from deploy.core.contract import COLUMNS, LABEL
 
 DEFAULT_ROWS = 10_000
 DEFAULT_SEED = 20_261_126

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from config import Validation
-from deploy.contract import FEATURES
+from deploy.core.contract import FEATURES
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -52,7 +52,7 @@ def sample(test: pd.DataFrame, policy: Validation) -> pd.DataFrame:
 
 def offline_predictions(model_uri: str, rows: pd.DataFrame) -> list[Any]:
     """What the model version predicts in-process, through the same pyfunc interface the server uses."""
-    from deploy.registry import load_model
+    from deploy.release.registry import load_model
 
     model = load_model(model_uri)
     schema = model.metadata.get_input_schema()

@@ -2,7 +2,7 @@
 
 MLflow is the registry everywhere (the local SQLite store, or the Azure ML workspace through
 azureml-mlflow), so this module is the same for every environment. Call
-`deploy.tracking.use_environment` first. Everything a release decides is recorded as tags on
+`deploy.platform.tracking.use_environment` first. Everything a release decides is recorded as tags on
 the model version, so the registry is the audit trail:
 
     buildnumber, buildsource, run_id   where the version comes from
@@ -21,9 +21,9 @@ import functools
 import json
 from typing import TYPE_CHECKING, Any
 
-from deploy.contract import EXPERIMENT, MODEL_ARTIFACT_PATH, REGISTERED_MODEL, TAG_BUILD, TAG_SOURCE
-from deploy.errors import UsageError
-from deploy.training.build_id import BUILD_ID, BUILD_ID_EXPECTED
+from deploy.core.build_id import BUILD_ID, BUILD_ID_EXPECTED
+from deploy.core.contract import EXPERIMENT, MODEL_ARTIFACT_PATH, REGISTERED_MODEL, TAG_BUILD, TAG_SOURCE
+from deploy.core.errors import UsageError
 
 if TYPE_CHECKING:
     from mlflow.entities import Run

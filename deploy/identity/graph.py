@@ -26,7 +26,7 @@ from azure.core.exceptions import HttpResponseError
 from azure.core.pipeline import policies
 from azure.core.rest import HttpRequest
 
-from deploy.azure_auth import scope
+from deploy.platform.azure_auth import scope
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential

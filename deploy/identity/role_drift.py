@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from config import EnvConfig
-from deploy.outputs import StackOutputs
+from deploy.platform.outputs import StackOutputs
 
 if TYPE_CHECKING:
     from azure.mgmt.authorization import AuthorizationManagementClient

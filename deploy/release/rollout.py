@@ -28,12 +28,13 @@ from typing import TYPE_CHECKING, Any
 
 from config import EnvConfig
 from config.naming import SLOTS
-from deploy import gate, registry, smoke, targets, tracking
-from deploy.contract import REGISTERED_MODEL, TAG_BUILD, TAG_SOURCE
-from deploy.errors import OK, Refused, UsageError
-from deploy.outputs import StackOutputs, load_outputs
-from deploy.report import emit_json, progress
-from deploy.targets.base import ABSENT, DeploymentInfo, EndpointInfo, Target, deployment_name
+from deploy.core.contract import REGISTERED_MODEL, TAG_BUILD, TAG_SOURCE
+from deploy.core.errors import OK, Refused, UsageError
+from deploy.core.report import emit_json, progress
+from deploy.platform import tracking
+from deploy.platform.outputs import StackOutputs, load_outputs
+from deploy.release import gate, registry, smoke, targets
+from deploy.release.targets.base import ABSENT, DeploymentInfo, EndpointInfo, Target, deployment_name
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -167,19 +168,15 @@ def rollback(env: EnvConfig, slot: str, outputs: Outputs = None, target: Target 
 
 
 def status(env: EnvConfig, outputs: Outputs = None, target: Target | None = None) -> dict[str, Any]:
-    """Each slot: endpoint URL, serving version and build, traffic, provisioning state, last validation."""
+    """Each slot: endpoint URL, serving version and build, traffic, provisioning state, last validation.
+    (`deploy.status` adds the automation secret's state for Azure environments.)"""
     stack = resolve_outputs(env, outputs)
     tracking.use_environment(env, stack)
     target = target or targets.for_environment(env, stack)
-    document: dict[str, Any] = {
+    return {
         "environment": env.name,
         "slots": {slot: _slot_status(env, slot, target.describe(slot)) for slot in SLOTS},
     }
-    if not env.is_local:
-        from deploy.rotation import secret_status
-
-        document["secret"] = secret_status(env, stack)
-    return document
 
 
 def down(env: EnvConfig) -> list[str]:
@@ -188,7 +185,7 @@ def down(env: EnvConfig) -> list[str]:
         raise UsageError(
             f"down stops local scoring servers; environment '{env.name}' is {env.kind}, expected a local one"
         )
-    from deploy.targets.local import LocalTarget
+    from deploy.release.targets.local import LocalTarget
 
     return LocalTarget(env).down()
 

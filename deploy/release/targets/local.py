@@ -1,7 +1,7 @@
 """The local target (`--env local`): real scoring servers on 127.0.0.1, blue/green behind a stable port.
 
 Per slot:
-- a router (`deploy.targets.router`) on the slot's stable port, `env.local.port(slot)`;
+- a router (`deploy.release.targets.router`) on the slot's stable port, `env.local.port(slot)`;
 - one MLflow scoring server (MLflow's own uvicorn command for the model version) per deployment,
   on a free port of its own;
 - a state file, `<state_dir>/serving/<slot>.json`, holding the router's and the deployments'
@@ -35,10 +35,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from config import PROJECT_ROOT, EnvConfig
-from deploy.contract import REGISTERED_MODEL
-from deploy.errors import DeployError, UsageError
-from deploy.report import heartbeat, progress
-from deploy.targets.base import STOPPED, SUCCEEDED, DeploymentInfo, EndpointInfo, Target
+from deploy.core.contract import REGISTERED_MODEL
+from deploy.core.errors import DeployError, UsageError
+from deploy.core.report import heartbeat, progress
+from deploy.release.targets.base import STOPPED, SUCCEEDED, DeploymentInfo, EndpointInfo, Target
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -198,7 +198,7 @@ class LocalTarget(Target):
                 f"free it or set local.{slot}_port in the environments file"
             )
         log = self._log_path(slot, "router")
-        command = [sys.executable, "-m", "deploy.targets.router", "--state", str(self._state_file(slot)),
+        command = [sys.executable, "-m", "deploy.release.targets.router", "--state", str(self._state_file(slot)),
                    "--port", str(port)]
         python_path = os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")])
         environment = {**os.environ, "PYTHONPATH": python_path}

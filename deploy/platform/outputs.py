@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from config import EnvConfig
-from deploy.errors import UsageError
+from deploy.core.errors import UsageError
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from config import EnvConfig
-from deploy.outputs import StackOutputs
+from deploy.platform.outputs import StackOutputs
 
 
 def local_data_root(env: EnvConfig) -> Path:
@@ -55,7 +55,7 @@ def ensure_experiment(env: EnvConfig) -> str:
     """The id of experiment `automl-churn`, created if missing (call after `use_environment`)."""
     import mlflow
 
-    from deploy.contract import EXPERIMENT
+    from deploy.core.contract import EXPERIMENT
 
     experiment = mlflow.get_experiment_by_name(EXPERIMENT)
     if experiment is not None:

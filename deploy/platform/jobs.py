@@ -18,15 +18,15 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from config import AZURE_DATABRICKS_APP_ID, EnvConfig
-from deploy.errors import DeployError, Refused
-from deploy.report import heartbeat, progress
+from deploy.core.errors import DeployError, Refused
+from deploy.core.report import heartbeat, progress
 
 if TYPE_CHECKING:
     from azure.core.credentials import AccessToken, TokenCredential
     from databricks.sdk import WorkspaceClient
     from databricks.sdk.service.jobs import BaseRun, Run
 
-    from deploy.outputs import StackOutputs
+    from deploy.platform.outputs import StackOutputs
 
 ACTIVE_STATES = frozenset({"QUEUED", "PENDING", "RUNNING", "TERMINATING", "BLOCKED", "WAITING_FOR_RETRY"})
 # How far back the duplicate-build check looks: build numbers are unique per pipeline run, so a
@@ -93,7 +93,7 @@ def workspace_client(
     from databricks.sdk import WorkspaceClient
 
     if credential is None:
-        from deploy.azure_auth import credential as env_credential
+        from deploy.platform.azure_auth import credential as env_credential
 
         credential = env_credential(env)
     return WorkspaceClient(

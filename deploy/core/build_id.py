@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from deploy.errors import UsageError
+from deploy.core.errors import UsageError
 
 BUILD_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # used with fullmatch: no trailing newline
 BUILD_ID_EXPECTED = "1-100 letters, digits, '.', '_' or '-', starting with a letter or digit"

@@ -12,15 +12,15 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from config import EnvConfig, Gate
-from deploy import tracking
-from deploy.contract import FEATURES, LABEL, TAG_BUILD, audit_path
-from deploy.errors import UsageError
+from deploy.core.contract import FEATURES, LABEL, TAG_BUILD, audit_path
+from deploy.core.errors import UsageError
+from deploy.platform import tracking
 
 if TYPE_CHECKING:
     import pandas as pd
     from mlflow.entities import Run
 
-    from deploy.outputs import StackOutputs
+    from deploy.platform.outputs import StackOutputs
 
 TEST_DATA_KEY = "test_data"  # the param / tag training logs with the test split's full location
 
@@ -64,7 +64,7 @@ def score_auc(model_uri: str, test: pd.DataFrame) -> float:
     """ROC AUC of the model at `model_uri` on `test` (features and label)."""
     from sklearn.metrics import roc_auc_score
 
-    from deploy.registry import load_model
+    from deploy.release.registry import load_model
 
     features = test[list(FEATURES)]
     model = load_model(model_uri).get_raw_model()  # the fitted scikit-learn pipeline
@@ -81,7 +81,7 @@ def locate_test_split(env: EnvConfig, outputs: StackOutputs | None, run: Run) ->
     recorded = run.data.tags.get(TEST_DATA_KEY) or run.data.params.get(TEST_DATA_KEY)
     if recorded:
         return recorded
-    from deploy.training import storage
+    from deploy.platform import storage
 
     return storage.join(tracking.data_root(env, outputs), audit_path(run.data.tags[TAG_BUILD], "test"))
 
@@ -90,12 +90,12 @@ def read_test_split(env: EnvConfig, outputs: StackOutputs | None, run: Run) -> p
     """The build's test split, checked to have every feature and the label."""
     import pandas as pd
 
-    from deploy.training import storage
+    from deploy.platform import storage
 
     location = locate_test_split(env, outputs, run)
     credential = None
     if storage.is_abfss(location):
-        from deploy.azure_auth import credential as env_credential
+        from deploy.platform.azure_auth import credential as env_credential
 
         credential = env_credential(env)
     try:

@@ -9,17 +9,17 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from config import EnvConfig
-    from deploy.outputs import StackOutputs
-    from deploy.targets.base import Target
+    from deploy.platform.outputs import StackOutputs
+    from deploy.release.targets.base import Target
 
 
 def for_environment(env: EnvConfig, outputs: StackOutputs | None) -> Target:
     """The target that serves `env`'s slots."""
     if env.is_local:
-        from deploy.targets.local import LocalTarget
+        from deploy.release.targets.local import LocalTarget
 
         return LocalTarget(env)
-    from deploy.targets.azureml import AzureMLTarget
+    from deploy.release.targets.azureml import AzureMLTarget
 
     assert outputs is not None, "Azure environments need their stack outputs"
     return AzureMLTarget.from_outputs(env, outputs)

@@ -51,18 +51,18 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from config import EnvConfig
-from deploy import azure_auth
-from deploy.azure_auth import identity_options, scope
-from deploy.errors import DeployError, UsageError
-from deploy.outputs import StackOutputs, load_outputs
-from deploy.report import emit_json, heartbeat, progress
+from deploy.core.errors import DeployError, UsageError
+from deploy.core.report import emit_json, heartbeat, progress
+from deploy.platform import azure_auth
+from deploy.platform.azure_auth import identity_options, scope
+from deploy.platform.outputs import StackOutputs, load_outputs
 
 if TYPE_CHECKING:
     from azure.core.credentials import AccessToken, TokenCredential
     from azure.keyvault.secrets import SecretClient, SecretProperties
     from azure.mgmt.authorization import AuthorizationManagementClient
 
-    from deploy.graph import GraphApplications, PasswordCredential
+    from deploy.identity.graph import GraphApplications, PasswordCredential
 
 MAX_LIFETIME_DAYS = 730  # Entra ID's recommended ceiling for client secrets: two years
 CONTENT_TYPE = "entra-client-secret"
@@ -105,7 +105,7 @@ class Clients:
         return ClientSecretCredential(tenant_id, client_id, secret, **self._identity)
 
     def graph(self) -> GraphApplications:
-        from deploy.graph import GraphApplications
+        from deploy.identity.graph import GraphApplications
 
         return GraphApplications(self.env.cloud.graph, self.admin_credential(), **self._transport)
 
@@ -215,8 +215,8 @@ def run(args: argparse.Namespace, env: EnvConfig) -> int:
 
 def rotate(env: EnvConfig, options: Options, clients: Clients) -> Outcome:
     """The rotation, top to bottom; every failure path leaves the latest Key Vault version working."""
-    from deploy import role_drift
-    from deploy.graph import PasswordCredential
+    from deploy.identity import role_drift
+    from deploy.identity.graph import PasswordCredential
 
     outcome = Outcome(environment=env.name, dry_run=options.dry_run)
     policy = env.secret

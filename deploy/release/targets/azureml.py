@@ -14,16 +14,16 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from config import EnvConfig
-from deploy.contract import REGISTERED_MODEL
-from deploy.errors import DeployError
-from deploy.report import heartbeat, progress
-from deploy.targets.base import SUCCEEDED, DeploymentInfo, EndpointInfo, Target
+from deploy.core.contract import REGISTERED_MODEL
+from deploy.core.errors import DeployError
+from deploy.core.report import heartbeat, progress
+from deploy.release.targets.base import SUCCEEDED, DeploymentInfo, EndpointInfo, Target
 
 if TYPE_CHECKING:
     import pandas as pd
     from azure.ai.ml import MLClient
 
-    from deploy.outputs import StackOutputs
+    from deploy.platform.outputs import StackOutputs
 
 PREVIOUS_TAG = "previous-deployment"
 VERSION_TAG = "model-version"
@@ -41,7 +41,7 @@ class AzureMLTarget(Target):
     def from_outputs(cls, env: EnvConfig, outputs: StackOutputs) -> AzureMLTarget:
         from azure.ai.ml import MLClient
 
-        from deploy.azure_auth import credential
+        from deploy.platform.azure_auth import credential
 
         client = MLClient(
             credential(env), outputs.subscription_id, outputs.resource_group, outputs.ml_workspace_name,

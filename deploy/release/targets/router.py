@@ -1,4 +1,4 @@
-"""The stable front door of a local slot: `python -m deploy.targets.router --state FILE --port N`.
+"""The stable front door of a local slot: `python -m deploy.release.targets.router --state FILE --port N`.
 
 Each local deployment is its own `mlflow models serve` process on a port of its own; the slot's
 URL stays the same because this router listens on the slot's port and forwards every request to
