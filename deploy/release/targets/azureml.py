@@ -115,18 +115,28 @@ class AzureMLTarget(Target):
         dominate the latency the smoke validation measures. The URI and token are fetched once per
         endpoint; the request goes through azure-core with no retry policy, so an error is seen as one.
         """
+        return self._score(slot, rows, deployment=name)
+
+    def invoke_slot(self, slot: str, rows: pd.DataFrame) -> list[Any]:
+        """Score `rows` through the endpoint's scoring URI with no deployment header: traffic decides."""
+        return self._score(slot, rows, deployment=None)
+
+    def _score(self, slot: str, rows: pd.DataFrame, deployment: str | None) -> list[Any]:
         from azure.core.rest import HttpRequest
 
-        uri, token = self._scoring_access(self.env.endpoint_name(slot))
+        endpoint = self.env.endpoint_name(slot)
+        uri, token = self._scoring_access(endpoint)
+        headers = {"Authorization": f"Bearer {token}"}
+        if deployment:
+            headers["azureml-model-deployment"] = deployment
         # MLflow no-code deployments take pandas' split orientation under `input_data`.
-        request = HttpRequest(
-            "POST", uri, json={"input_data": json.loads(rows.to_json(orient="split"))},
-            headers={"Authorization": f"Bearer {token}", "azureml-model-deployment": name},
-        )
+        payload = {"input_data": json.loads(rows.to_json(orient="split"))}
+        request = HttpRequest("POST", uri, json=payload, headers=headers)
         with _scoring_client(uri) as client:
             response = client.send_request(request)
         if response.status_code >= 400:
-            raise DeployError(f"deployment {name} answered {response.status_code}: {response.text()[:200]}")
+            who = f"deployment {deployment}" if deployment else f"endpoint {endpoint}"
+            raise DeployError(f"{who} answered {response.status_code}: {response.text()[:200]}")
         return predictions_of(response.text())
 
     def _scoring_access(self, endpoint: str) -> tuple[str, str]:

@@ -83,6 +83,10 @@ class Target(ABC):
         """Score `rows` on deployment `name` directly, whatever the traffic split; return its predictions."""
 
     @abstractmethod
+    def invoke_slot(self, slot: str, rows: pd.DataFrame) -> list[Any]:
+        """Score `rows` through the slot's public URL, as a caller would (whichever deployment holds the traffic)."""
+
+    @abstractmethod
     def switch_traffic(self, slot: str, to: str, previous: str | None) -> None:
         """Send 100% of the slot's traffic to `to`, and remember `previous` as the rollback target."""
 

@@ -123,6 +123,9 @@ class LocalTarget(Target):
         document = score(entry["port"], rows)
         return document["predictions"]
 
+    def invoke_slot(self, slot: str, rows: pd.DataFrame) -> list[Any]:
+        return score(self._require(slot)["port"], rows)["predictions"]
+
     def switch_traffic(self, slot: str, to: str, previous: str | None) -> None:
         state = self._require(slot)
         if to not in state["deployments"]:
