@@ -128,7 +128,7 @@ class Gate:
     max_auc_drop: float = 0.01
     # The champion's AUC on a candidate's test set may fall this far below its AUC on its own test set;
     # further means the candidate's data or labels changed.
-    max_champion_drop: float = 0.05
+    max_champion_drop: float = 0.10
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--debug", action="store_true", help="show tracebacks and SDK logging")
     as_json = argparse.ArgumentParser(add_help=False)
     as_json.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    slot_lock = argparse.ArgumentParser(add_help=False)
+    slot_lock.add_argument(
+        "--lock-wait", type=float, metavar="SECONDS",
+        help="how long to wait for another command holding the slot's lock (default: locks.wait_seconds)",
+    )
 
     parser = argparse.ArgumentParser(
         prog="python -m deploy", description="Train, release, roll back and operate the churn model."
@@ -49,19 +54,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--force", action="store_true", help="start a new run even if this build has one")
 
     release = commands.add_parser(
-        "release", parents=[common, as_json], help="gate, deploy blue/green, validate and switch a slot"
+        "release", parents=[common, as_json, slot_lock], help="gate, deploy blue/green, validate and switch a slot"
     )
     release.add_argument("--to", required=True, choices=SLOTS, dest="slot", help="slot to release into")
     release.add_argument("--build", help="build number, or latest (default: the newest finished build)")
     release.add_argument("--force", action="store_true", help="override a failed gate (the override is recorded)")
 
     rollback = commands.add_parser(
-        "rollback", parents=[common, as_json], help="move a slot back to its previous deployment"
+        "rollback", parents=[common, as_json, slot_lock], help="move a slot back to its previous deployment"
     )
     rollback.add_argument("--to", required=True, choices=SLOTS, dest="slot", help="slot to roll back")
 
     commands.add_parser("status", parents=[common, as_json], help="slots, versions, traffic and secret expiry")
-    commands.add_parser("down", parents=[common], help="stop the local scoring servers (local only)")
+    commands.add_parser("down", parents=[common, slot_lock], help="stop the local scoring servers (local only)")
 
     rotate = commands.add_parser(
         "rotate-secret", parents=[common, as_json], help="give the automation identity a fresh client secret"

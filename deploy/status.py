@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from config import EnvConfig
-from deploy.core.errors import OK
+from deploy.core.errors import OK, REFUSED
 from deploy.core.report import emit_json
 
 
@@ -16,7 +16,8 @@ def run(args: argparse.Namespace, env: EnvConfig) -> int:
         emit_json(document)
     else:
         print(render(document))
-    return OK
+    # A slot that should serve and does not answer (or cannot be read) is a failure a pipeline must see.
+    return OK if document["healthy"] else REFUSED
 
 
 def collect(env: EnvConfig, outputs: Any = None, target: Any = None) -> dict[str, Any]:
@@ -36,17 +37,28 @@ def render(document: dict[str, Any]) -> str:
     lines = [f"environment {document['environment']}"]
     for slot, info in document["slots"].items():
         lines.append(f"{slot}: {info['endpoint']} ({info['state']})")
+        if info.get("error"):
+            lines.append(f"  error:      {info['error']}")
+            continue
         lines.append(f"  url:        {info['url'] or '-'}")
+        lines.append(f"  answers:    {_probe(info['probe'])}")
         lines.append(f"  serving:    {_version(info['serving'])}")
         lines.append(f"  previous:   {_version(info['previous'])}")
         traffic = ", ".join(f"{name} {share}%" for name, share in sorted(info["traffic"].items())) or "-"
         lines.append(f"  traffic:    {traffic}")
-        lines.append(f"  alias:      {slot} -> version {info['alias_version'] or '-'}")
         lines.append(f"  validation: {_validation(info['last_validation'])}")
     if "secret" in document:
         lines.append("secret:")
         lines.extend(f"  {key}: {value}" for key, value in sorted(document["secret"].items()))
     return "\n".join(lines)
+
+
+def _probe(probe: dict[str, Any] | None) -> str:
+    if probe is None:
+        return "- (nothing serves)"
+    if probe["answered"]:
+        return f"yes ({probe['latency_ms']:.0f} ms through the url)"
+    return f"NO: {probe['error']}"
 
 
 def _version(deployment: dict[str, Any] | None) -> str:

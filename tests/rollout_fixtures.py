@@ -6,7 +6,8 @@ automl-churn tagged buildnumber/buildsource, an sklearn model at artifact path `
 signature over the contract's features, the audit file runs/<build>/test.csv, the `test_data`
 param and tag), but with a small logistic regression on a few hundred rows with a strong signal, so
 that a "good" build passes the gate every time and a test stays fast. `weak` sees only Age and
-`inverted` learned the labels upside down (AUC far below any gate).
+`inverted` learned the labels upside down (AUC far below any gate); `corrupted` was trained and tested on
+a table whose label column is inverted, so it scores well on its own (equally inverted) test set.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from deploy.core.contract import MODEL_ARTIFACT_PATH as MODEL_PATH
 from deploy.platform import tracking
 from deploy.release import registry
 
-QUALITIES = ("good", "weak", "inverted")
+QUALITIES = ("good", "weak", "inverted", "corrupted")
 
 
 def churn_frame(rows: int, seed: int) -> pd.DataFrame:
@@ -84,7 +85,7 @@ def fitted_model(quality: str, train: pd.DataFrame) -> Any:
 
 
 def log_build(
-    env: EnvConfig, build: str, quality: str = "good", seed: int = 0, rows: int = 600, source: str = "tests@local",
+    env: EnvConfig, build: str, quality: str = "good", seed: int = 0, rows: int = 3000, source: str = "tests@local",
     record_location: bool = True,
 ) -> str:
     """Log one finished run for `build` in `env`'s (local) MLflow store, as training would; returns its id.
@@ -97,6 +98,8 @@ def log_build(
     tracking.use_environment(env)
     experiment_id = tracking.ensure_experiment(env)
     frame = churn_frame(rows, seed)
+    if quality == "corrupted":  # the label column arrived inverted: training and its test set both see it
+        frame[LABEL] = 1 - frame[LABEL]
     cut = int(rows * 0.7)
     train, test = frame.iloc[:cut], frame.iloc[cut:].reset_index(drop=True)
     model = fitted_model(quality, train)
@@ -177,6 +180,11 @@ class FakeWorkspace:
 
     def traffic(self, endpoint: str) -> dict[str, int]:
         return dict(self.endpoints[endpoint].traffic or {})
+
+    def traffic_owner(self, endpoint: str) -> str:
+        """The deployment that takes a request sent without a deployment header (all traffic goes to one here)."""
+        shares = self.traffic(endpoint)
+        return max(shares, key=shares.__getitem__) if any(shares.values()) else ""
 
     def names(self, endpoint: str) -> list[str]:
         return sorted(self.deployments.get(endpoint, {}))
@@ -273,7 +281,9 @@ class FakeWorkspace:
                     status, text = 401, "missing or wrong endpoint token"
                 else:
                     endpoint = self.path.strip("/").split("/")[0]
-                    status, text = workspace._score(endpoint, self.headers["azureml-model-deployment"], body)
+                    # Without the header, the endpoint's traffic picks the deployment, as on Azure ML.
+                    chosen = self.headers.get("azureml-model-deployment") or workspace.traffic_owner(endpoint)
+                    status, text = workspace._score(endpoint, chosen, body)
                 payload = text.encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")

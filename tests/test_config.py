@@ -92,7 +92,7 @@ BAD_CONFIGS = {
     "unknown key": (MINIMAL + "colour = 'blue'\n", "environment 'dev' key 'colour': unknown key; expected one of"),
     "unknown nested key": (
         MINIMAL + "[environments.dev.gate]\nmin_acu = 0.9\n",
-        "environment 'dev' key 'gate.min_acu': unknown key; expected one of max_auc_drop, min_auc",
+        "environment 'dev' key 'gate.min_acu': unknown key; expected one of max_auc_drop, max_champion_drop, min_auc",
     ),
     "missing value": (
         "[environments.dev]\nprefix = 'chrndev'\n",

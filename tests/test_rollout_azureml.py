@@ -1,10 +1,12 @@
 """The Azure ML target driven by the real release flow, against autospecs of the azure-ai-ml operation classes.
 
-The MLflow side is real (a SQLite store standing in for the workspace's MLflow API); the online
-endpoint and deployment operations are `create_autospec(..., instance=True)` of the SDK's own
-classes, so every call is checked against the real signatures, with a small in-memory workspace
-(tests/rollout_fixtures.FakeWorkspace) behind them. Invocations are scored with the model version
-the deployment serves.
+The MLflow side is a real MLflow server standing in for the workspace's MLflow API, refusing what
+Azure ML does not support (tests/release_doubles.AzureMLRegistry: no aliases, no registered-model
+tags, no status filters). The online endpoint and deployment operations are
+`create_autospec(..., instance=True)` of the SDK's own classes, so every call is checked against
+the real signatures, with a small in-memory workspace (tests/rollout_fixtures.FakeWorkspace)
+behind them. Invocations are scored with the model version the deployment serves. The slot locks
+live in a local folder (on Azure: leases in the data container, tested in tests/test_locks.py).
 """
 
 from __future__ import annotations
@@ -19,30 +21,34 @@ from azure.core.exceptions import HttpResponseError
 
 from config import EnvConfig, load_environment
 from deploy.core.errors import Refused
-from deploy.platform import tracking
+from deploy.platform import locks, tracking
 from deploy.release import registry
 from deploy.release.rollout import release, rollback
 from deploy.release.targets.azureml import AzureMLTarget, predictions_of, version_of
 from deploy.status import collect
+from tests.release_doubles import AzureMLRegistry
 from tests.rollout_fixtures import FakeWorkspace, log_build, offline, stack_outputs
 
 
 @pytest.fixture
-def azure(local_config: Path) -> Iterator[SimpleNamespace]:
+def azure(local_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SimpleNamespace]:
     local = load_environment("local", local_config)
     dev = load_environment("dev", local_config)
+    monkeypatch.setattr(locks, "for_environment", lambda *_, **__: locks.Locks(str(tmp_path / "churndata")))
     with FakeWorkspace(offline) as workspace:
-        yield _world(local, dev, workspace)
+        world = _world(local, dev, workspace, tmp_path)
+        yield world
+        world.registry.close()
 
 
-def _world(local: EnvConfig, dev: EnvConfig, workspace: FakeWorkspace) -> SimpleNamespace:
-    world = SimpleNamespace(
-        local=local, env=dev, workspace=workspace, target=AzureMLTarget(dev, workspace),
-        outputs=stack_outputs(dev, tracking.tracking_uri(local, None)),
-        stage=dev.endpoint_name("stage"), prod=dev.endpoint_name("prod"),
-    )
+def _world(local: EnvConfig, dev: EnvConfig, workspace: FakeWorkspace, tmp_path: Path) -> SimpleNamespace:
     for build, seed in (("A", 1), ("B", 2), ("C", 3)):
-        log_build(local, build, seed=seed)
+        log_build(local, build, seed=seed)  # as training leaves them, in the store the stand-in serves
+    standin = AzureMLRegistry(tracking.tracking_uri(local, None), tmp_path / "artifacts")
+    world = SimpleNamespace(
+        local=local, env=dev, workspace=workspace, target=AzureMLTarget(dev, workspace), registry=standin,
+        outputs=stack_outputs(dev, standin.uri), stage=dev.endpoint_name("stage"), prod=dev.endpoint_name("prod"),
+    )
     tracking.use_environment(dev, world.outputs)
     return world
 
@@ -70,23 +76,27 @@ def test_first_release_creates_the_endpoint_deploys_beside_it_with_zero_traffic_
     assert deployment.code_configuration is None and deployment.environment is None  # MLflow no-code
 
     scored = azure.workspace.scored
-    assert len(scored) == azure.env.validation.rows + 1  # one warm-up, then one request per row
+    # One warm-up, one request per row, then one through the endpoint's URL without a deployment header.
+    assert len(scored) == azure.env.validation.rows + 2
     assert set(scored) == {(azure.stage, "churn-v1")}
     azure.workspace.online_endpoints.invoke.assert_not_called()  # its management calls would skew latency
     azure.workspace.online_endpoints.get_keys.assert_called_once_with(azure.stage)  # the token, fetched once
-    assert all(traffic.get("churn-v1", 0) == 0 for traffic in azure.workspace.traffic_at_invoke)
+    assert all(traffic.get("churn-v1", 0) == 0 for traffic in azure.workspace.traffic_at_invoke[:-1])
+    assert azure.workspace.traffic_at_invoke[-1] == {"churn-v1": 100}  # the public check came after the switch
 
     assert azure.workspace.traffic(azure.stage) == {"churn-v1": 100}
     assert result.url == azure.workspace.endpoints[azure.stage].scoring_uri
     assert (result.version, result.previous, result.validation["mismatches"]) == ("1", None, 0)
-    assert registry.alias_version("stage") == "1"
     assert registry.version_tags("1")["validated.stage"] == "true"
+    # The stand-in has no aliases, as Azure ML has none: the release finished anyway, after the switch.
+    assert any("registered-models/alias" in refusal for refusal in azure.registry.refused)
 
 
 def test_blue_green_keeps_the_previous_deployment_and_deletes_older_ones(azure) -> None:
     ship(azure, "A")
     ship(azure, "B")
-    assert azure.workspace.traffic_at_invoke[-1] == {"churn-v1": 100}  # v2 was validated beside v1, without traffic
+    assert azure.workspace.traffic_at_invoke[-2] == {"churn-v1": 100}  # v2 was validated beside v1, without traffic
+    assert azure.workspace.scored[-1] == (azure.stage, "churn-v2")  # then checked through the URL, after the switch
     assert azure.workspace.traffic(azure.stage) == {"churn-v1": 0, "churn-v2": 100}
 
     third = ship(azure, "C")
@@ -107,7 +117,7 @@ def test_failed_validation_deletes_the_new_deployment_and_leaves_traffic_untouch
     assert azure.workspace.names(azure.stage) == ["churn-v1"]
     assert azure.workspace.traffic(azure.stage) == {"churn-v1": 100}
     assert endpoint_updates(azure) == updates  # the endpoint (its traffic) was never written
-    assert registry.alias_version("stage") == "1"
+    assert azure.target.describe("stage").serving.version == "1"
     assert registry.last_validation("stage")["passed"] is False
 
 
@@ -127,14 +137,14 @@ def test_rollback_moves_traffic_and_alias_back_once_and_a_repeat_changes_nothing
     assert (back.deployment, back.version, back.rolled_back_from) == ("churn-v1", "1", "churn-v2")
     assert azure.workspace.traffic(azure.stage) == {"churn-v1": 100}, "the rolled-back deployment is deleted"
     assert azure.workspace.endpoints[azure.stage].tags["previous-deployment"] == ""
-    assert registry.alias_version("stage") == "1"
+    assert azure.target.describe("stage").serving.version == "1"
     assert registry.version_tags("2")["validated.stage"] == "rolled-back"
 
     # A retried rollback must not bring version 2 back.
     updates = endpoint_updates(azure)
     with pytest.raises(Refused, match="no previous deployment to roll back to"):
         rollback(azure.env, "stage", outputs=azure.outputs, target=azure.target)
-    assert endpoint_updates(azure) == updates and registry.alias_version("stage") == "1"
+    assert endpoint_updates(azure) == updates and azure.target.describe("stage").serving.version == "1"
 
 
 def test_rollback_without_a_previous_deployment_changes_nothing(azure) -> None:
@@ -176,7 +186,7 @@ def test_prod_takes_only_stage_validated_versions_unless_forced(azure) -> None:
     forced = ship(azure, "B", "prod", force=True)
     assert forced.overrides == ("stage-validation",)
     assert registry.version_tags(forced.version)["forced.prod"] == "stage-validation"
-    assert registry.alias_version("prod") == forced.version
+    assert azure.target.describe("prod").serving.version == forced.version
 
 
 def test_status_shows_both_slots_and_the_secret(azure, monkeypatch: pytest.MonkeyPatch) -> None:

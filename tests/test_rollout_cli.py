@@ -17,7 +17,7 @@ import pytest
 
 from config import EnvConfig, load_environment
 from deploy.cli import main
-from deploy.platform import tracking
+from deploy.platform import locks, tracking
 from deploy.release import targets
 from deploy.release.rollout import down
 from deploy.release.targets.azureml import AzureMLTarget
@@ -28,7 +28,7 @@ RELEASE_KEYS = {
     "environment", "slot", "endpoint", "url", "build", "source", "run_id", "version", "deployment", "previous",
     "already_serving", "gate", "validation", "overrides",
 }
-SLOT_KEYS = {"endpoint", "url", "state", "traffic", "serving", "previous", "deployments", "alias_version",
+SLOT_KEYS = {"endpoint", "url", "state", "traffic", "serving", "previous", "deployments", "probe", "healthy",
              "last_validation"}
 
 
@@ -82,8 +82,9 @@ def test_promotion_without_stage_validation_exits_1(env: EnvConfig, local_config
 
 def test_rollback_with_nothing_to_roll_back_to_exits_1(env: EnvConfig, local_config: Path, capsys) -> None:
     status, out, err = run_cli(capsys, local_config, "rollback", "--env", "local", "--to", "prod", "--json")
-    assert (status, out) == (1, "")
+    assert status == 1
     assert "has no previous deployment" in error_line(err)
+    assert json.loads(out) == {"error": error_line(err).removeprefix("error: "), "kind": "refused", "exit_status": 1}
 
 
 def test_down_is_for_the_local_environment_only(local_config: Path, capsys) -> None:
@@ -103,6 +104,7 @@ def test_status_json_of_a_fresh_environment(env: EnvConfig, local_config: Path, 
     status, out, _ = run_cli(capsys, local_config, "status", "--env", "local", "--json")
     document = json.loads(out)
     assert status == 0 and document["environment"] == "local" and set(document["slots"]) == {"stage", "prod"}
+    assert document["healthy"]  # nothing serves yet, so nothing fails to answer
     for slot, info in document["slots"].items():
         assert set(info) == SLOT_KEYS
         assert (info["endpoint"], info["state"], info["serving"]) == (f"churnservice-{slot}", "Absent", None)
@@ -119,8 +121,13 @@ def test_release_status_rollback_down_on_local(env: EnvConfig, local_config: Pat
     assert set(result) == RELEASE_KEYS
     assert (result["build"], result["source"], result["version"], result["slot"]) == ("20261126.3", "churn@abc123",
                                                                                        "1", "stage")
-    assert set(result["gate"]) == {"passed", "auc", "min_auc", "prod_version", "prod_auc", "max_auc_drop", "reasons"}
-    assert set(result["validation"]) == {"passed", "rows", "errors", "mismatches", "p95_ms", "max_p95_ms", "reasons"}
+    assert set(result["gate"]) == {
+        "passed", "auc", "min_auc", "prod_version", "prod_auc", "max_auc_drop", "reference_auc", "prod_reference_auc",
+        "max_champion_drop", "reasons",
+    }
+    assert set(result["validation"]) == {
+        "passed", "rows", "errors", "mismatches", "p95_ms", "max_p95_ms", "reasons", "passes"
+    }
     assert "still" not in out and "gate passed" in err  # progress on stderr, only JSON on stdout
 
     status, out, _ = run_cli(capsys, local_config, "status", "--env", "local")
@@ -149,6 +156,7 @@ def test_release_and_rollback_json_on_azure(
     workspace = FakeWorkspace(offline)
     request.addfinalizer(lambda: workspace.__exit__(None, None, None))  # stops its scoring server
     monkeypatch.setattr(targets, "for_environment", lambda environment, _: AzureMLTarget(environment, workspace))
+    monkeypatch.setattr(locks, "for_environment", lambda *_, **__: locks.Locks(str(tmp_path / "churndata")))
     log_build(env, "A", seed=1)
     log_build(env, "B", seed=2)
     azure = ("--env", "dev", "--outputs", str(outputs), "--json")
@@ -164,7 +172,7 @@ def test_release_and_rollback_json_on_azure(
     assert json.loads(out) == {
         "environment": "dev", "slot": "stage", "endpoint": "churnservice-stage-chrndev",
         "url": workspace.endpoints["churnservice-stage-chrndev"].scoring_uri,
-        "deployment": "churn-v1", "version": "1", "rolled_back_from": "churn-v2",
+        "deployment": "churn-v1", "version": "1", "rolled_back_from": "churn-v2", "rolled_back_version": "2",
     }
 
     status, _, err = run_cli(capsys, local_config, "release", "--to", "stage", "--build", "A", "--env", "dev",

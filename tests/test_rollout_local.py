@@ -25,6 +25,7 @@ from deploy.release import gate, registry
 from deploy.release.rollout import down, release, rollback, status
 from deploy.release.targets import local
 from deploy.release.targets.local import LocalTarget, score
+from tests.release_doubles import ServedBy
 from tests.rollout_fixtures import build_test_set, imposter_command, log_build, offline
 
 
@@ -46,6 +47,16 @@ def port_open(port: int) -> bool:
 
 def slot_state(env: EnvConfig, slot: str) -> dict[str, Any]:
     return json.loads((env.local.state_dir / "serving" / f"{slot}.json").read_text())
+
+
+def alias(slot: str) -> str | None:
+    """The alias the release sets, as a convenience, where the registry has aliases (the local store does)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(registry.client().get_model_version_by_alias("churn-model", slot).version)
+    except MlflowException:
+        return None
 
 
 def served(env: EnvConfig, slot: str, rows: Any) -> list[Any]:
@@ -98,10 +109,10 @@ def test_gate_refuses_a_model_below_the_threshold_and_records_it(env: EnvConfig)
 def test_gate_refuses_a_model_worse_than_prod_on_the_same_test_set(env: EnvConfig) -> None:
     log_build(env, "strong", seed=1)
     registry.register(registry.find_run("strong"))
-    registry.set_alias("prod", "1")  # given: prod serves the strong model
+    prod = ServedBy("1")  # given: prod serves the strong model (its serving target says so)
     log_build(env, "age-only", "weak", seed=3)
     with pytest.raises(Refused, match="below prod version 1") as refused:
-        release(env, "stage", "age-only")
+        release(env, "stage", "age-only", target=prod)
     detail = json.loads(registry.version_tags("2")["gate.stage.detail"])
     assert detail["auc"] >= env.gate.min_auc  # it passes the threshold ...
     assert detail["prod_auc"] - detail["auc"] > env.gate.max_auc_drop  # ... but not the comparison
@@ -113,7 +124,6 @@ def test_promote_to_prod_without_stage_validation_is_refused(env: EnvConfig) -> 
     with pytest.raises(Refused, match="has not passed stage validation"):
         release(env, "prod", "fresh")
     assert "validated.prod" not in registry.version_tags("1")
-    assert registry.alias_version("prod") is None
     assert LocalTarget(env).describe("prod") is None
 
 
@@ -153,9 +163,10 @@ def test_smoke_validation_refuses_slow_answers_and_counts_a_warm_up_apart() -> N
         return [1]
 
     result = validate(slow, rows, [1, 1, 1], Validation(rows=3, max_p95_ms=5))
-    assert calls == [30, 30, 40, 50]  # the warm-up repeats the first row and is not timed
-    assert (result.passed, result.rows, result.errors, result.mismatches) == (False, 3, 0, 0)
-    assert result.p95_ms >= 20 and "p95 latency" in result.reasons[0]
+    # The warm-up repeats the first row and is not timed; a slow pass is timed twice more, and stays slow.
+    assert calls == [30, 30, 40, 50, 30, 40, 50, 30, 40, 50]
+    assert (result.passed, result.rows, result.errors, result.mismatches, result.passes) == (False, 3, 0, 0, 3)
+    assert result.p95_ms >= 20 and "p95 latency" in result.reasons[0] and "best of 3 passes" in result.reasons[0]
     assert validate(lambda frame: [1], rows, [1, 1, 1], Validation(rows=3, max_p95_ms=1000)).passed
     assert percentile([5.0, 1.0, 3.0, 2.0, 4.0], 95) == 5.0 and percentile([1.0, 2.0], 50) == 1.0
 
@@ -191,7 +202,7 @@ def test_blue_green_lifecycle(env: EnvConfig, monkeypatch: pytest.MonkeyPatch) -
     tags = registry.version_tags("1")
     assert tags["buildnumber"] == "A" and tags["run_id"] == first.run_id and tags["buildsource"] == "tests@local"
     assert (tags["gate.stage"], tags["validated.stage"]) == ("passed", "true")
-    assert registry.alias_version("stage") == "1"
+    assert alias("stage") == "1"
     serving_process = slot_state(env, "stage")["deployments"]["churn-v1"]["process"]
 
     # A re-run converges: the slot already serves that version, nothing starts or moves.
@@ -204,7 +215,7 @@ def test_blue_green_lifecycle(env: EnvConfig, monkeypatch: pytest.MonkeyPatch) -
     assert forced.overrides == ("gate", "stage-validation") and not forced.gate["passed"]
     tags = registry.version_tags("3")
     assert (tags["gate.prod"], tags["forced.prod"]) == ("overridden", "gate,stage-validation")
-    assert registry.alias_version("prod") == "3"
+    assert alias("prod") == "3"
 
     # Nothing to roll back to: said so, nothing changed.
     with pytest.raises(Refused, match="no previous deployment"):
@@ -219,7 +230,7 @@ def test_blue_green_lifecycle(env: EnvConfig, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.undo()
     stage = target.describe("stage")
     assert [deployment.name for deployment in stage.deployments] == ["churn-v1"]
-    assert stage.serving.name == "churn-v1" and registry.alias_version("stage") == "1"
+    assert stage.serving.name == "churn-v1" and alias("stage") == "1"
     assert served(env, "stage", rows.head(5)) == offline("1", rows.head(5))
     failed = registry.last_validation("stage")
     assert (failed["version"], failed["passed"], failed["mismatches"]) == ("2", False, env.validation.rows)
@@ -250,7 +261,7 @@ def test_blue_green_lifecycle(env: EnvConfig, monkeypatch: pytest.MonkeyPatch) -
     assert not local._running(b_process)
     with pytest.raises(Refused, match="no previous deployment"):
         rollback(env, "stage")
-    assert registry.alias_version("stage") == "1"
+    assert alias("stage") == "1"
     assert served(env, "stage", rows) == offline("1", rows)
     assert offline("1", rows) != offline("2", rows)  # the fixture's builds differ, so the check above means something
 
@@ -258,7 +269,7 @@ def test_blue_green_lifecycle(env: EnvConfig, monkeypatch: pytest.MonkeyPatch) -
     document = status(env)
     stage_status, prod_status = document["slots"]["stage"], document["slots"]["prod"]
     assert stage_status["serving"] == {"deployment": "churn-v1", "version": "1", "build": "A", "state": "Succeeded"}
-    assert stage_status["previous"] is None and stage_status["alias_version"] == "1"
+    assert stage_status["previous"] is None and stage_status["probe"]["answered"] and document["healthy"]
     assert stage_status["last_validation"]["version"] == "2" and stage_status["last_validation"]["passed"]
     assert prod_status["serving"]["build"] == "BAD" and prod_status["traffic"] == {"churn-v3": 100}
 

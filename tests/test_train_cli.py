@@ -100,9 +100,10 @@ def test_a_bad_csv_exits_2_with_one_line_and_trains_nothing(train, local_config,
         path.write_text(content)
     assert train("--build", "b-bad", "--data", str(path), "--json") == 2
     captured = capsys.readouterr()
-    assert captured.out == ""
     errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and named in errors[0] and "Traceback" not in captured.err
+    # With --json the failure is also one JSON object on stdout, for the pipeline step that reads it.
+    assert json.loads(captured.out) == {"error": errors[0].removeprefix("error: "), "kind": "usage", "exit_status": 2}
     assert runs_of(local_config, "b-bad") == []
     assert not (tracking.local_data_root(load_environment("local", local_config)) / "runs" / "b-bad").exists()
 

@@ -23,6 +23,12 @@ COLUMNS = (
     "NumOfProducts", "HasCrCard", "IsActiveMember", "EstimatedSalary", "Exited",
 )
 
+# One typical customer: what `status` sends through each slot's public URL to see that it answers.
+PROBE_CUSTOMER = {
+    "Geography": "France", "Gender": "Female", "CreditScore": 650, "Age": 42, "Tenure": 5, "Balance": 0.0,
+    "NumOfProducts": 2, "HasCrCard": 1, "IsActiveMember": 1, "EstimatedSalary": 100_000.0,
+}
+
 DATA_CONTAINER = "churndata"
 SOURCE_DATA_PATH = "Churn_Modelling.csv"  # the table inside the container
 

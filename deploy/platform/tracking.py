@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from config import EnvConfig
 from deploy.platform.outputs import StackOutputs
@@ -64,3 +65,16 @@ def ensure_experiment(env: EnvConfig) -> str:
     location = (env.local.state_dir / "mlartifacts").as_uri() if env.is_local else None
     return mlflow.create_experiment(EXPERIMENT, artifact_location=location)
 
+
+
+def finished_runs(experiment_id: str, build: str) -> list[Any]:
+    """The build's finished runs in the experiment, newest first.
+
+    Only the tag goes into the server-side filter and the status is checked here: Azure ML's MLflow
+    does not support `attributes.status` in a filter. Call after `use_environment`."""
+    from mlflow.tracking import MlflowClient
+
+    from deploy.core.contract import TAG_BUILD
+
+    runs = MlflowClient().search_runs([experiment_id], f"tags.{TAG_BUILD} = '{build}'", order_by=["start_time DESC"])
+    return [run for run in runs if run.info.status == "FINISHED"]

@@ -1,26 +1,35 @@
 """Release a build into a slot (stage or prod), roll a slot back, show the slots, stop local servers.
 
-`release` reads top-down as the steps of the release:
+`release` reads top-down as the steps of the release, all under the slot's lock:
 
 1. find the build's finished run in experiment automl-churn;
 2. register its model version (or reuse the one it already registered) and tag it with its origin;
-3. the quality gate on the build's own test set (and, for prod, the stage-validation check);
+3. the quality gate against the version prod serves, on both models' test sets (and, for prod,
+   the stage-validation check; a version rolled back from the slot needs --force);
 4. blue/green: a deployment named after the version, beside the serving one, with zero traffic;
 5. smoke validation of that deployment directly, against the offline predictions of the version;
-6. traffic to it, the previous deployment kept for rollback, older ones deleted, the alias moved.
+6. traffic to it, the previous deployment kept for rollback;
+7. a last check through the slot's public URL; then older deployments are deleted.
 
 Until step 6 switches traffic, nothing the slot serves has changed: a refusal or a failure stops
-the release there (a deployment it created is deleted). A re-run converges: the deployment name
-comes from the version, so it finds what an interrupted run left, and a version the slot already
-serves is reported as such. The Databricks deploy notebook calls `release` too.
+the release there (a deployment it created is deleted). If step 7 fails, traffic goes back to the
+previous deployment. A re-run converges: the deployment name comes from the version, so it finds
+what an interrupted run left, and a version the slot already serves is reported as such.
 
-Exit statuses: 0 done; 1 refused by the gate or the validation, or nothing to roll back to
-(nothing changed); 2 bad input or configuration.
+Which version a slot serves is what its serving target says (the deployment holding the traffic),
+never an MLflow alias: Azure ML's registry has none. Aliases are still set where the registry
+takes them, as a convenience. The Databricks deploy notebook calls `release` too.
+
+Exit statuses: 0 done; 1 refused by the gate or the validation, a held lock, or nothing to roll back
+to (nothing changed); 2 bad input or configuration.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,18 +37,22 @@ from typing import TYPE_CHECKING, Any
 
 from config import EnvConfig
 from config.naming import SLOTS
-from deploy.core.contract import REGISTERED_MODEL, TAG_BUILD, TAG_SOURCE
-from deploy.core.errors import OK, Refused, UsageError
+from deploy.core.contract import PROBE_CUSTOMER, REGISTERED_MODEL, TAG_BUILD, TAG_SOURCE
+from deploy.core.errors import OK, DeployError, Refused, UsageError
 from deploy.core.report import emit_json, progress
-from deploy.platform import tracking
+from deploy.platform import locks, tracking
 from deploy.platform.outputs import StackOutputs, load_outputs
 from deploy.release import gate, registry, smoke, targets
-from deploy.release.targets.base import ABSENT, DeploymentInfo, EndpointInfo, Target, deployment_name
+from deploy.release.targets.base import ABSENT, DeploymentInfo, Target, deployment_name
 
 if TYPE_CHECKING:
     import pandas as pd
 
 Outputs = StackOutputs | str | Path | None
+ROLLED_BACK = "rolled-back"
+UNREACHABLE = "Unreachable"  # the slot has a serving deployment, but its public URL did not answer
+UNREADABLE = "Unreadable"  # the slot's record could not be read (locally: a damaged state file)
+PUBLIC_CHECK_ROWS = 5
 
 
 @dataclass(frozen=True)
@@ -72,6 +85,7 @@ class RollbackResult:
     deployment: str  # now serving
     version: str | None
     rolled_back_from: str
+    rolled_back_version: str | None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,48 +93,50 @@ class RollbackResult:
 
 def release(
     env: EnvConfig, slot: str, build: str | None = None, force: bool = False, outputs: Outputs = None,
-    target: Target | None = None,
+    target: Target | None = None, lock_wait: float | None = None, slot_locks: locks.Locks | None = None,
 ) -> ReleaseResult:
     """Release `build` (None or "latest": the newest finished run) into `slot`. Raises Refused or UsageError."""
     _check_slot(slot)
     stack = resolve_outputs(env, outputs)
     tracking.use_environment(env, stack)
-
-    # 1. Find the run.
-    run = registry.find_run(build)
-    build_id = run.data.tags.get(TAG_BUILD, "")
-    progress(f"release build {build_id} (run {run.info.run_id}) to {slot} in environment {env.name}")
-
-    # 2. Register the model version, or reuse the one this run registered.
-    version = registry.register(run)
-    progress(f"  model {REGISTERED_MODEL} version {version}")
-
-    # 3. Quality gate (and, for prod, stage validation first).
-    test = gate.read_test_split(env, stack, run)
-    verdict, overrides = _quality_gate(env, slot, version, build_id, test, force)
-
-    # 4. Blue/green: the version's own deployment in the slot's endpoint (created if missing), beside
-    #    the serving one. A slot that already serves this version is left as it is: a re-run converges.
     target = target or targets.for_environment(env, stack)
-    endpoint = target.ensure_endpoint(slot)
-    name = deployment_name(version)
-    current = endpoint.serving
-    previous = current.name if current is not None and current.name != name else endpoint.previous
-    validation = None
-    if current is not None and current.name == name and current.healthy:
-        progress(f"  {endpoint.name} already serves version {version} ({name}); nothing to deploy")
-    else:
-        # 5. Zero traffic until its smoke validation passed; on any failure it is deleted again.
-        keep = {previous, current.name if current else None}
-        validation = _deploy_and_validate(env, target, slot, name, version, test, keep)
-        # 6. Switch: all traffic to it, the previous deployment kept for rollback, older ones deleted.
-        target.switch_traffic(slot, to=name, previous=previous)
-        kept = f"; {previous} kept for rollback" if previous else ""
-        progress(f"  {endpoint.name}: 100% of traffic to {name}{kept}")
-    _delete_older(target, slot, keep={name, previous})
-    registry.set_alias(slot, version)
-    registry.tag_version(version, {f"validated.{slot}": "true"})
-    progress(f"  alias {slot} -> version {version}")
+    with _slot_lock(env, stack, slot, lock_wait, slot_locks):
+        # 1. Find the run.
+        run = registry.find_run(build)
+        build_id = run.data.tags.get(TAG_BUILD, "")
+        progress(f"release build {build_id} (run {run.info.run_id}) to {slot} in environment {env.name}")
+
+        # 2. Register the model version, or reuse the one this run registered.
+        version = registry.register(run)
+        progress(f"  model {REGISTERED_MODEL} version {version}")
+
+        # 3. Quality gate against the version prod serves (and, for prod, stage validation first).
+        candidate = gate.model_of(env, stack, run, version)
+        champion = _champion(env, stack, target, version)
+        verdict, overrides = _quality_gate(env, slot, version, build_id, candidate, champion, force)
+
+        # 4. Blue/green: the version's own deployment in the slot's endpoint (created if missing), beside
+        #    the serving one. A slot that already serves this version is left as it is: a re-run converges.
+        endpoint = target.ensure_endpoint(slot)
+        name = deployment_name(version)
+        current = endpoint.serving
+        previous = current.name if current is not None and current.name != name else endpoint.previous
+        validation = None
+        if current is not None and current.name == name and current.healthy:
+            progress(f"  {endpoint.name} already serves version {version} ({name}); nothing to deploy")
+        else:
+            # 5. Zero traffic until its smoke validation passed; on any failure it is deleted again.
+            keep = {previous, current.name if current else None}
+            validation = _deploy_and_validate(env, target, slot, name, version, candidate.test, keep)
+            # 6. Switch: all traffic to it, the previous deployment kept for rollback.
+            target.switch_traffic(slot, to=name, previous=previous)
+            kept = f"; {previous} kept for rollback" if previous else ""
+            progress(f"  {endpoint.name}: 100% of traffic to {name}{kept}")
+            # 7. Through the front door: the slot's public URL answers as the validated deployment did.
+            _check_public_url(target, slot, name, version, candidate.test, previous, endpoint.previous, keep)
+        _delete_older(target, slot, keep={name, previous})
+        registry.tag_version(version, {f"validated.{slot}": "true"})
+        registry.try_set_alias(slot, version)
 
     return ReleaseResult(
         environment=env.name, slot=slot, endpoint=endpoint.name, url=endpoint.url, build=build_id,
@@ -130,64 +146,71 @@ def release(
     )
 
 
-def rollback(env: EnvConfig, slot: str, outputs: Outputs = None, target: Target | None = None) -> RollbackResult:
-    """Move `slot`'s traffic and alias back to its previous deployment and delete the rolled-back one.
+def rollback(
+    env: EnvConfig, slot: str, outputs: Outputs = None, target: Target | None = None,
+    lock_wait: float | None = None, slot_locks: locks.Locks | None = None,
+) -> RollbackResult:
+    """Move `slot`'s traffic back to its previous deployment and delete the rolled-back one.
 
     Refused (exit 1), changing nothing, when the slot has no previous deployment, including right
     after a rollback."""
     _check_slot(slot)
     stack = resolve_outputs(env, outputs)
     target = target or targets.for_environment(env, stack)
-    endpoint = target.describe(slot)
-    current = endpoint.serving if endpoint else None
-    previous = endpoint.deployment(endpoint.previous) if endpoint else None
-    if endpoint is None or current is None or previous is None:
-        serving = f"it serves {current.name}" if current else "it serves nothing"
-        raise Refused(
-            f"slot {slot} ({env.endpoint_name(slot)}) has no previous deployment to roll back to ({serving}); "
-            "nothing changed"
-        )
-    tracking.use_environment(env, stack)
-    if not previous.healthy:  # e.g. a local server that did not survive a reboot
-        target.create_deployment(slot, previous.name, previous.version or "")
-    # One way only: the rolled-back deployment is deleted and no rollback target remains, so a repeated
-    # rollback (a retried step) is refused instead of bringing the bad version back. Roll forward with
-    # `release`; the version also loses its validated.<slot> mark, so it cannot be promoted unforced.
-    target.switch_traffic(slot, to=previous.name, previous=None)
-    if previous.version:
-        registry.set_alias(slot, previous.version)
-    if current.version:
-        registry.tag_version(current.version, {f"validated.{slot}": "rolled-back"})
-    target.delete_deployment(slot, current.name)
-    progress(f"rolled {endpoint.name} back from {current.name} to {previous.name} (version {previous.version}); "
-             f"{current.name} deleted")
+    with _slot_lock(env, stack, slot, lock_wait, slot_locks):
+        endpoint = target.describe(slot)
+        current = endpoint.serving if endpoint else None
+        previous = endpoint.deployment(endpoint.previous) if endpoint else None
+        if endpoint is None or current is None or previous is None:
+            serving = f"it serves {current.name}" if current else "it serves nothing"
+            raise Refused(
+                f"slot {slot} ({env.endpoint_name(slot)}) has no previous deployment to roll back to ({serving}); "
+                "nothing changed"
+            )
+        tracking.use_environment(env, stack)
+        if not previous.healthy:  # e.g. a local server that did not survive a reboot
+            target.create_deployment(slot, previous.name, previous.version or "")
+        # One way only: the rolled-back deployment is deleted and no rollback target remains, so a repeated
+        # rollback (a retried step) is refused instead of bringing the bad version back. Roll forward with
+        # `release`; the version is marked rolled-back in the slot, so release refuses it there unforced.
+        target.switch_traffic(slot, to=previous.name, previous=None)
+        if current.version:
+            registry.tag_version(current.version, {f"validated.{slot}": ROLLED_BACK})
+        target.delete_deployment(slot, current.name)
+        if previous.version:
+            registry.try_set_alias(slot, previous.version)
+    progress(f"rolled {endpoint.name} back from {current.name} to {previous.name} (version {previous.version})")
     return RollbackResult(
         environment=env.name, slot=slot, endpoint=endpoint.name, url=endpoint.url, deployment=previous.name,
-        version=previous.version, rolled_back_from=current.name,
+        version=previous.version, rolled_back_from=current.name, rolled_back_version=current.version,
     )
 
 
 def status(env: EnvConfig, outputs: Outputs = None, target: Target | None = None) -> dict[str, Any]:
-    """Each slot: endpoint URL, serving version and build, traffic, provisioning state, last validation.
-    (`deploy.status` adds the automation secret's state for Azure environments.)"""
+    """Each slot: endpoint URL, serving version and build, traffic, state, a probe through its public URL,
+    and its last validation. (`deploy.status` adds the automation secret's state for Azure environments.)
+
+    `healthy` is False for a slot that should serve (a deployment holds its traffic) but does not
+    answer, or whose record cannot be read; `status` then exits 1."""
     stack = resolve_outputs(env, outputs)
     tracking.use_environment(env, stack)
     target = target or targets.for_environment(env, stack)
-    return {
-        "environment": env.name,
-        "slots": {slot: _slot_status(env, slot, target.describe(slot)) for slot in SLOTS},
-    }
+    slots = {slot: _slot_status(env, slot, target) for slot in SLOTS}
+    return {"environment": env.name, "healthy": all(slot["healthy"] for slot in slots.values()), "slots": slots}
 
 
-def down(env: EnvConfig) -> list[str]:
-    """Stop the local routers and scoring servers; returns what was stopped."""
+def down(env: EnvConfig, lock_wait: float | None = None, slot_locks: locks.Locks | None = None) -> list[str]:
+    """Stop the local routers and scoring servers (holding both slots' locks); returns what was stopped."""
     if not env.is_local:
         raise UsageError(
             f"down stops local scoring servers; environment '{env.name}' is {env.kind}, expected a local one"
         )
     from deploy.release.targets.local import LocalTarget
 
-    return LocalTarget(env).down()
+    with contextlib.ExitStack() as held:
+        for slot in SLOTS:
+            held.enter_context(_slot_lock(env, None, slot, lock_wait, slot_locks))
+        return LocalTarget(env).down()
 
 
 def resolve_outputs(env: EnvConfig, outputs: Outputs) -> StackOutputs | None:
@@ -200,12 +223,33 @@ def resolve_outputs(env: EnvConfig, outputs: Outputs) -> StackOutputs | None:
 # --- the steps ------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _slot_lock(
+    env: EnvConfig, stack: StackOutputs | None, slot: str, lock_wait: float | None, slot_locks: locks.Locks | None
+) -> Iterator[None]:
+    """One release, rollback or down per slot at a time, across processes and machines."""
+    slot_locks = slot_locks or locks.for_environment(env, stack)
+    wait = env.locks.wait_seconds if lock_wait is None else lock_wait
+    with slot_locks.hold(f"slot-{slot}", f"slot {slot} ({env.endpoint_name(slot)})", wait_seconds=wait):
+        yield
+
+
+def _champion(env: EnvConfig, stack: StackOutputs | None, target: Target, candidate: str) -> gate.Model | None:
+    """The version prod serves, as its serving target says, with its own test set; None when prod serves nothing.
+
+    An error reading prod (a 403, throttling, a 5xx) is not "no champion": it stops the release."""
+    prod = target.describe("prod")
+    serving = prod.serving if prod else None
+    if serving is None or not serving.version or serving.version == candidate:
+        return None
+    return gate.model_of(env, stack, registry.run_of(serving.version), serving.version)
+
+
 def _quality_gate(
-    env: EnvConfig, slot: str, version: str, build: str, test: pd.DataFrame, force: bool
+    env: EnvConfig, slot: str, version: str, build: str, candidate: gate.Model, champion: gate.Model | None,
+    force: bool,
 ) -> tuple[gate.GateResult, tuple[str, ...]]:
-    prod_version = registry.alias_version("prod")
-    compare_with = registry.model_uri(prod_version) if prod_version and prod_version != version else None
-    verdict = gate.evaluate(registry.model_uri(version), test, env.gate, prod_version, compare_with)
+    verdict = gate.evaluate(candidate, env.gate, champion)
     overrides = []
     if not verdict.passed:
         if not force:
@@ -218,9 +262,20 @@ def _quality_gate(
         progress(f"  gate failed ({'; '.join(verdict.reasons)}); overridden by --force, recorded on the version")
     else:
         progress(f"  gate passed: AUC {verdict.auc:.4f} (minimum {verdict.min_auc})" + (
-            f", prod version {verdict.prod_version}: {verdict.prod_auc:.4f}" if verdict.prod_auc is not None else ""
+            f"; prod version {verdict.prod_version}: {verdict.prod_auc:.4f} on this test set, "
+            f"{verdict.prod_reference_auc:.4f} against {verdict.reference_auc:.4f} on its own"
+            if verdict.prod_version else ""
         ))
-    if slot == "prod" and registry.version_tags(version).get("validated.stage") != "true":
+    tags = registry.version_tags(version)
+    if tags.get(f"validated.{slot}") == ROLLED_BACK:
+        if not force:
+            raise Refused(
+                f"version {version} (build {build}) was rolled back from {slot}; release another build, or --force "
+                "to bring it back (recorded on the version); the slot still serves what it served"
+            )
+        overrides.append(ROLLED_BACK)
+        progress(f"  rolled back from {slot} before; released again by --force, recorded on the version")
+    if slot == "prod" and tags.get("validated.stage") != "true":
         if not force:
             raise Refused(
                 f"version {version} (build {build}) has not passed stage validation; release it --to stage first "
@@ -228,12 +283,12 @@ def _quality_gate(
             )
         overrides.append("stage-validation")
         progress("  not stage-validated; promoted anyway by --force, recorded on the version")
-    tags: dict[str, Any] = {
+    recorded: dict[str, Any] = {
         f"gate.{slot}": "overridden" if overrides else "passed", f"gate.{slot}.detail": verdict.as_dict()
     }
     if overrides:
-        tags[f"forced.{slot}"] = ",".join(overrides)
-    registry.tag_version(version, tags)
+        recorded[f"forced.{slot}"] = ",".join(overrides)
+    registry.tag_version(version, recorded)
     return verdict, tuple(overrides)
 
 
@@ -255,7 +310,6 @@ def _deploy_and_validate(
         raise
     summary = {**result.as_dict(), "version": version, "deployment": name, "at": _now()}
     registry.tag_version(version, {f"validation.{slot}": summary})
-    registry.record_last_validation(slot, summary)
     if not result.passed:
         _discard(target, slot, name, keep)
         raise Refused(
@@ -272,6 +326,33 @@ def _discard(target: Target, slot: str, name: str, keep: set[str | None]) -> Non
         progress(f"  deleted the new deployment {name}; traffic untouched")
 
 
+def _check_public_url(
+    target: Target, slot: str, name: str, version: str, test: pd.DataFrame, previous: str | None,
+    rollback_target: str | None, keep: set[str | None],
+) -> None:
+    """Step 7: a few rows through the slot's public URL (locally the router, on Azure the scoring URI) must
+    answer as the version does in process. If not, traffic goes back to `previous` and the new deployment goes."""
+    rows = smoke.sample(test, None, PUBLIC_CHECK_ROWS)
+    expected = smoke.offline_predictions(registry.model_uri(version), rows)
+    try:
+        answers = target.invoke_slot(slot, rows)
+        if len(answers) != len(rows) or not all(map(smoke.same, answers, expected)):
+            raise DeployError(f"answered {answers!r:.200}, expected {expected!r:.200}")
+    except Exception as exc:
+        if previous is None:
+            raise DeployError(
+                f"slot {slot} does not answer through its public URL after the switch to {name} ({exc}); "
+                "it had nothing to go back to"
+            ) from None
+        target.switch_traffic(slot, to=previous, previous=rollback_target)
+        _discard(target, slot, name, keep)
+        raise Refused(
+            f"slot {slot} answered wrongly through its public URL after the switch to {name} ({exc}); "
+            f"traffic is back on {previous}"
+        ) from None
+    progress(f"  public URL answers: {len(rows)} rows as version {version} predicts them")
+
+
 def _delete_older(target: Target, slot: str, keep: set[str | None]) -> None:
     endpoint = target.describe(slot)
     for deployment in endpoint.deployments if endpoint else ():
@@ -280,20 +361,42 @@ def _delete_older(target: Target, slot: str, keep: set[str | None]) -> None:
             progress(f"  deleted older deployment {deployment.name} (version {deployment.version})")
 
 
-def _slot_status(env: EnvConfig, slot: str, endpoint: EndpointInfo | None) -> dict[str, Any]:
+def _slot_status(env: EnvConfig, slot: str, target: Target) -> dict[str, Any]:
     document: dict[str, Any] = {
         "endpoint": env.endpoint_name(slot), "url": None, "state": ABSENT, "traffic": {}, "serving": None,
-        "previous": None, "deployments": [],
+        "previous": None, "deployments": [], "probe": None, "healthy": True,
     }
+    try:
+        endpoint = target.describe(slot)
+    except DeployError as exc:  # e.g. a damaged local state file: report it, and still report the other slot
+        return {**document, "state": UNREADABLE, "error": str(exc), "healthy": False}
     if endpoint is not None:
         document.update(
             endpoint=endpoint.name, url=endpoint.url, state=endpoint.state, traffic=endpoint.traffic,
             serving=_version_status(endpoint.serving), previous=_version_status(endpoint.deployment(endpoint.previous)),
             deployments=[asdict(deployment) for deployment in endpoint.deployments],
         )
-    document["alias_version"] = registry.alias_version(slot)
+        if endpoint.serving is not None:
+            document["probe"] = _probe(target, slot)
+            if not document["probe"]["answered"]:
+                document.update(state=UNREACHABLE, healthy=False)
     document["last_validation"] = registry.last_validation(slot)
     return document
+
+
+def _probe(target: Target, slot: str) -> dict[str, Any]:
+    """One request through the slot's public URL, as a caller would send it."""
+    import pandas as pd
+
+    started = time.perf_counter()
+    try:
+        answers = target.invoke_slot(slot, pd.DataFrame([PROBE_CUSTOMER]))
+    except Exception as exc:  # whatever went wrong, the slot did not answer
+        return {"answered": False, "error": f"{type(exc).__name__}: {str(exc).strip()[:200]}", "latency_ms": None}
+    latency = round((time.perf_counter() - started) * 1000, 1)
+    if len(answers) != 1:
+        return {"answered": False, "error": f"{len(answers)} predictions for 1 row", "latency_ms": latency}
+    return {"answered": True, "error": None, "latency_ms": latency}
 
 
 def _version_status(deployment: DeploymentInfo | None) -> dict[str, Any] | None:
@@ -316,7 +419,7 @@ def _now() -> str:
 
 
 def run_release(args: argparse.Namespace, env: EnvConfig) -> int:
-    result = release(env, args.slot, args.build, force=args.force, outputs=args.outputs)
+    result = release(env, args.slot, args.build, force=args.force, outputs=args.outputs, lock_wait=args.lock_wait)
     if args.json:
         emit_json(result.as_dict())
         return OK
@@ -332,16 +435,17 @@ def run_release(args: argparse.Namespace, env: EnvConfig) -> int:
 
 
 def run_rollback(args: argparse.Namespace, env: EnvConfig) -> int:
-    result = rollback(env, args.slot, outputs=args.outputs)
+    result = rollback(env, args.slot, outputs=args.outputs, lock_wait=args.lock_wait)
     if args.json:
         emit_json(result.as_dict())
     else:
         print(f"{result.endpoint} serves {result.deployment} (model version {result.version}) again; "
-              f"{result.rolled_back_from} kept for roll-forward")
+              f"{result.rolled_back_from} (version {result.rolled_back_version}) was deleted and is marked "
+              "rolled-back in the slot; roll forward with release")
     return OK
 
 
 def run_down(args: argparse.Namespace, env: EnvConfig) -> int:
-    stopped = down(env)
+    stopped = down(env, lock_wait=args.lock_wait)
     print(f"stopped {', '.join(stopped)}" if stopped else "no local scoring server was running")
     return OK

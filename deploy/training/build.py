@@ -19,7 +19,7 @@ from deploy.core import contract
 from deploy.core.build_id import check_build
 from deploy.core.errors import UsageError
 from deploy.core.report import progress
-from deploy.platform import storage, tracking
+from deploy.platform import locks, storage, tracking
 from deploy.platform.outputs import StackOutputs
 from deploy.training import model, schema, synthetic
 
@@ -67,27 +67,35 @@ def train_build(
         raise UsageError(f"--data is for the local environment only; '{env.name}' reads its data container")
     tracking.use_environment(env, outputs)
     experiment_id = tracking.ensure_experiment(env)
-    existing = find_finished_run(experiment_id, build)
-    if existing is not None and not force:
-        progress(f"build {build} already has finished run {existing.run_id}; reporting it (--force retrains)")
-        return existing
-
     root = tracking.data_root(env, outputs)
     if not env.is_local and credential is None:
         from deploy.platform.azure_auth import credential as env_credential
 
         credential = env_credential(env)
-    frame, source_location = _read_source(env, root, data_csv, credential)
-    seed = model.RANDOM_SEED
-    parts = model.split(frame, seed)
-    train_location = storage.join(root, contract.audit_path(build, "train"))
-    test_location = storage.join(root, contract.audit_path(build, "test"))
-    storage.write_text(train_location, parts.train.to_csv(index=False), credential)
-    storage.write_text(test_location, parts.test.to_csv(index=False), credential)
-    progress(f"wrote the audit trail: {train_location} ({len(parts.train)} rows), {test_location} ({len(parts.test)})")
-    result = _train_and_log(experiment_id, build, source, parts, seed, source_location, train_location, test_location)
-    if existing is not None:
-        _supersede(experiment_id, build, result.run_id)
+    # One training of a build at a time: two would both finish, and the build could never be released
+    # by name. A second one waits for the first, then reports its run.
+    build_lock = locks.for_environment(env, outputs, credential)
+    wait = env.training.job_timeout_minutes * 60
+    with build_lock.hold(f"train-{build}", f"training of build {build}", wait_seconds=wait):
+        existing = find_finished_run(experiment_id, build)
+        if existing is not None and not force:
+            progress(f"build {build} already has finished run {existing.run_id}; reporting it (--force retrains)")
+            return existing
+
+        frame, source_location = _read_source(env, root, data_csv, credential)
+        seed = model.RANDOM_SEED
+        parts = model.split(frame, seed)
+        train_location = storage.join(root, contract.audit_path(build, "train"))
+        test_location = storage.join(root, contract.audit_path(build, "test"))
+        storage.write_text(train_location, parts.train.to_csv(index=False), credential)
+        storage.write_text(test_location, parts.test.to_csv(index=False), credential)
+        progress(f"wrote the audit trail: {train_location} ({len(parts.train)} rows), {test_location} "
+                 f"({len(parts.test)})")
+        result = _train_and_log(
+            experiment_id, build, source, parts, seed, source_location, train_location, test_location
+        )
+        if existing is not None:
+            _supersede(experiment_id, build, result.run_id)
     return result
 
 
@@ -111,15 +119,8 @@ def find_finished_run(experiment_id: str, build: str) -> TrainResult | None:
 
 
 def _finished_runs(experiment_id: str, build: str) -> list[Any]:
-    """The build's finished runs, newest first."""
-    import mlflow
-
-    return mlflow.search_runs(
-        experiment_ids=[experiment_id],
-        filter_string=f"tags.{contract.TAG_BUILD} = '{build}' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"],
-        output_format="list",
-    )
+    """The build's finished runs, newest first (a tag filter on the server, the status checked in Python)."""
+    return tracking.finished_runs(experiment_id, build)
 
 
 def _supersede(experiment_id: str, build: str, new_run_id: str) -> None:

@@ -103,14 +103,16 @@ def _numeric(column: pd.Series, name: str, source: str) -> pd.Series:
         converted = column
     else:
         converted = pd.to_numeric(column, errors="coerce")
+    not_numbers = converted.isna()
     # inf, -inf and 1e400 (which overflows to inf) parse as numbers, but no customer has an infinite balance.
-    bad = converted.isna() | ~np.isfinite(converted.astype(float))
-    if not bad.any():
-        return converted
-    row = int(bad.to_numpy().nonzero()[0][0])
-    raise UsageError(
-        f"churn CSV {source}: column {name} holds {column.iloc[row]!r} on line {row + 2}; expected a finite number"
-    )
+    infinite = ~not_numbers & ~np.isfinite(converted.astype(float))
+    for bad, expected in ((not_numbers, "a number"), (infinite, "a finite number")):
+        if bad.any():
+            row = int(bad.to_numpy().nonzero()[0][0])
+            raise UsageError(
+                f"churn CSV {source}: column {name} holds {column.iloc[row]!r} on line {row + 2}; expected {expected}"
+            )
+    return converted
 
 
 def _first_line(exc: BaseException) -> str:
