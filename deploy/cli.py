@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from deploy.core.errors import INTERRUPTED, REFUSED, USAGE, DeployError
-from deploy.core.report import emit_json
+from deploy.core.report import emit_json, json_emitted
 
 COMMANDS = {
     "train": "deploy.train:run",
@@ -108,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _fail(args: argparse.Namespace, message: str, exit_status: int, kind: str) -> int:
     """One line on stderr; with --json also one JSON object on stdout, so a pipeline step can read the failure."""
     print(message, file=sys.stderr)
-    if getattr(args, "json", False):
+    if getattr(args, "json", False) and not json_emitted():
         emit_json({"error": message.removeprefix("error: "), "kind": kind, "exit_status": exit_status})
     return exit_status
 

@@ -15,8 +15,18 @@ def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+_emitted = threading.Event()
+
+
 def emit_json(document: dict[str, Any]) -> None:
+    """The command's one JSON object on stdout."""
     print(json.dumps(document, indent=2, sort_keys=True, default=str), flush=True)
+    _emitted.set()
+
+
+def json_emitted() -> bool:
+    """Whether this process already printed its JSON object (a command that reports, then fails, says why in it)."""
+    return _emitted.is_set()
 
 
 @contextmanager
