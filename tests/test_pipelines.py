@@ -21,6 +21,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,6 @@ TEMPLATES = PIPELINES / "templates"
 MAIN = PIPELINES / "azure-pipelines.yml"
 ROTATION = PIPELINES / "rotate-secret.yml"
 PIPELINE_FILES = sorted(PIPELINES.rglob("*.yml"))
-SCHEMA_VARIABLE = "AZURE_PIPELINES_SCHEMA"
 AZURE_ENVS = sorted(name for name, env in load_all().items() if not env.is_local)
 
 SAMPLE_BUILD = "20261126.3"
@@ -102,6 +102,15 @@ def declared_parameters(document: Any) -> dict[str, Parameter]:
 
 
 # --- schema check ------------------------------------------------------------------------------
+
+# Microsoft's public schema (azure-pipelines-vscode), as the check-jsonschema package (a dev dependency) ships it.
+AZURE_PIPELINES_SCHEMA = "azure-pipelines.json"
+
+
+def vendored_schema(name: str) -> dict[str, Any]:
+    """A public CI schema from check-jsonschema's vendored copies: no file outside the repository is needed."""
+    return json.loads(resources.files("check_jsonschema.builtin_schemas.vendor").joinpath(name).read_text())
+
 
 BOOLEAN_WORDS = {"true", "false", "y", "yes", "n", "no", "on", "off"}
 
@@ -193,16 +202,7 @@ def schema_problems(document: Any, validator: jsonschema.protocols.Validator) ->
 
 @pytest.fixture(scope="module")
 def validator() -> jsonschema.protocols.Validator:
-    location = os.environ.get(SCHEMA_VARIABLE)
-    if not location:
-        pytest.skip(
-            f"{SCHEMA_VARIABLE} is unset: point it at the public Azure Pipelines JSON schema "
-            "(.ci/run sets it to ../shared/schemas/azure-pipelines.schema.json) to check the pipelines against it"
-        )
-    path = Path(location)
-    if not path.is_file():
-        pytest.fail(f"{SCHEMA_VARIABLE}={location} is not a file; expected the Azure Pipelines JSON schema")
-    return pipeline_validator(json.loads(path.read_text()))
+    return pipeline_validator(vendored_schema(AZURE_PIPELINES_SCHEMA))
 
 
 @pytest.mark.parametrize("path", PIPELINE_FILES, ids=lambda path: str(path.relative_to(PIPELINES)))
