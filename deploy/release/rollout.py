@@ -332,6 +332,23 @@ def run_release(args: argparse.Namespace, env: EnvConfig) -> int:
 
 
 def run_rollback(args: argparse.Namespace, env: EnvConfig) -> int:
+    if args.only_if_serving is not None:
+        # The pipelines' step after a failed release: only a failure after the traffic switch leaves the
+        # slot serving the new build, and only then is moving back right; before the switch the slot
+        # still serves the previous release, which a rollback would undo.
+        from deploy.core.build_id import BUILD_ID, BUILD_ID_EXPECTED
+
+        if not BUILD_ID.fullmatch(args.only_if_serving):
+            raise UsageError(f"--only-if-serving {args.only_if_serving!r} is invalid; expected {BUILD_ID_EXPECTED}")
+        serving = (status(env, outputs=args.outputs)["slots"][args.slot]["serving"] or {}).get("build")
+        if serving != args.only_if_serving:
+            if args.json:
+                emit_json({"environment": env.name, "slot": args.slot, "endpoint": env.endpoint_name(args.slot),
+                           "rolled_back": False, "serving_build": serving})
+            else:
+                print(f"{env.endpoint_name(args.slot)} serves build {serving or 'none'}, not "
+                      f"{args.only_if_serving}: nothing to roll back")
+            return OK
     result = rollback(env, args.slot, outputs=args.outputs)
     if args.json:
         emit_json(result.as_dict())
