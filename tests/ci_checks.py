@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from importlib import resources
 from typing import Any
 
+import jsonschema
+
 from config import PROJECT_ROOT, load_all
 from deploy.cli import build_parser
 
@@ -31,6 +33,29 @@ def vendored_schema(name: str) -> dict[str, Any]:
     """A public CI schema as the check-jsonschema package (a dev dependency) vendors it: Microsoft's Azure
     Pipelines schema, SchemaStore's GitHub workflow and action schemas. No file outside the repository."""
     return json.loads(resources.files("check_jsonschema.builtin_schemas.vendor").joinpath(name).read_text())
+
+
+def leaves(error: jsonschema.ValidationError) -> list[jsonschema.ValidationError]:
+    """The errors that explain `error`. Under anyOf/oneOf they come from the branch that fits best:
+    the fewest complaints about the object itself or a discriminating key (`task: AzureCLI@2` picks
+    the AzureCLI branch), then the fewest errors, so a step reports its own task's complaint."""
+    if not error.context:
+        return [error]
+    depth = len(error.absolute_path)
+    branches: dict[Any, list[jsonschema.ValidationError]] = {}
+    for sub in error.context:
+        branches.setdefault(sub.relative_schema_path[0], []).append(sub)
+
+    def misfit(errors: list[jsonschema.ValidationError]) -> tuple[int, int]:
+        shape = sum(
+            len(e.absolute_path) == depth
+            or (len(e.absolute_path) == depth + 1 and e.validator in ("enum", "const", "pattern"))
+            for e in errors
+        )
+        return shape, len(errors)
+
+    closest = min(branches.values(), key=misfit)
+    return [leaf for sub in closest for leaf in leaves(sub)]
 
 
 def walk(node: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:

@@ -34,6 +34,7 @@ from tests.ci_checks import (
     commands_seen,
     deploy_arguments,
     deploy_command_lines,
+    leaves,
     makefile_targets,
     parse_deploy_command,
     vendored_schema,
@@ -128,29 +129,6 @@ def pipeline_validator(schema: dict[str, Any]) -> jsonschema.protocols.Validator
     return jsonschema.validators.extend(base, type_checker=checker)(schema)
 
 
-def _leaves(error: jsonschema.ValidationError) -> list[jsonschema.ValidationError]:
-    """The errors that explain `error`. Under anyOf/oneOf they come from the branch that fits best:
-    the fewest complaints about the object itself or a discriminating key (`task: AzureCLI@2` picks
-    the AzureCLI branch), then the fewest errors, so a step reports its own task's complaint."""
-    if not error.context:
-        return [error]
-    depth = len(error.absolute_path)
-    branches: dict[Any, list[jsonschema.ValidationError]] = {}
-    for sub in error.context:
-        branches.setdefault(sub.relative_schema_path[0], []).append(sub)
-
-    def misfit(errors: list[jsonschema.ValidationError]) -> tuple[int, int]:
-        shape = sum(
-            len(e.absolute_path) == depth
-            or (len(e.absolute_path) == depth + 1 and e.validator in ("enum", "const", "pattern"))
-            for e in errors
-        )
-        return shape, len(errors)
-
-    closest = min(branches.values(), key=misfit)
-    return [leaf for sub in closest for leaf in _leaves(sub)]
-
-
 def insert_every_branch(node: Any) -> Any:
     """The document with each `${{ if }}`, `${{ else }}` and `${{ each }}` body inserted where the
     template engine would insert it, so every branch is validated (the schema knows no expressions)."""
@@ -177,7 +155,7 @@ def insert_every_branch(node: Any) -> Any:
 def schema_problems(document: Any, validator: jsonschema.protocols.Validator) -> list[str]:
     problems = []
     for error in validator.iter_errors(insert_every_branch(document)):
-        for leaf in _leaves(error):
+        for leaf in leaves(error):
             message = leaf.message if len(leaf.message) < 200 else leaf.message[:200] + "..."
             problems.append(f"{where(tuple(map(str, leaf.absolute_path)))}: {message}")
     return problems
@@ -467,17 +445,19 @@ def test_validate_runs_the_developer_targets_and_publishes_the_junit_file_make_t
 
 def make_targets_used(path: Path) -> set[str]:
     """The make targets a pipeline file runs; `infra-${{ parameters.command }}` counts once per allowed value."""
-    text = path.read_text()
     declared = declared_parameters(load(path))
     used = set()
-    for target in re.findall(r"\bmake (?:--[\w-]+ )*([\w-]*(?:\$\{\{ *parameters\.\w+ *\}\}[\w-]*)?)", text):
-        expression = re.search(r"\$\{\{ *parameters\.(\w+) *\}\}", target)
-        if expression is None:
-            used.add(target)
-        else:
-            allowed = declared[expression.group(1)].values
-            assert allowed, f"{path.name}: make target {target} depends on a parameter without `values:`"
-            used |= {target.replace(expression.group(0), value) for value in allowed}
+    for _, text in walk(load(path)):
+        if not isinstance(text, str):
+            continue
+        for target in re.findall(r"\bmake (?:--[\w-]+ )*([\w-]*(?:\$\{\{ *parameters\.\w+ *\}\}[\w-]*)?)", text):
+            expression = re.search(r"\$\{\{ *parameters\.(\w+) *\}\}", target)
+            if expression is None:
+                used.add(target)
+            else:
+                allowed = declared[expression.group(1)].values
+                assert allowed, f"{path.name}: make target {target} depends on a parameter without `values:`"
+                used |= {target.replace(expression.group(0), value) for value in allowed}
     return used
 
 
