@@ -130,6 +130,14 @@ class StateBackend:
 class Gate:
     min_auc: float = 0.80
     max_auc_drop: float = 0.01
+    # The champion's AUC on a candidate's test set may fall this far below its AUC on its own test set;
+    # further means the candidate's data or labels changed.
+    max_champion_drop: float = 0.05
+
+
+@dataclass(frozen=True)
+class LockPolicy:
+    wait_seconds: float = 900.0  # how long a release, rollback or down waits for another one on the slot
 
 
 @dataclass(frozen=True)
@@ -190,6 +198,7 @@ class EnvConfig:
     serving: Serving = field(default_factory=Serving)
     secret: SecretPolicy = field(default_factory=SecretPolicy)
     training: Training = field(default_factory=Training)
+    locks: LockPolicy = field(default_factory=LockPolicy)
     local: LocalSettings = field(default_factory=LocalSettings)
     names: naming.Names | None = None
 
@@ -244,6 +253,13 @@ def _read(path: Path) -> dict[str, Any]:
             raw = tomllib.load(handle)
     except FileNotFoundError:
         raise ConfigError(None, None, f"{path} not found; expected the environments file (TOML)") from None
+    except IsADirectoryError:
+        raise ConfigError(None, None, f"{path} is a directory; expected the environments file (TOML)") from None
+    except UnicodeDecodeError:
+        raise ConfigError(None, None, f"{path} is not UTF-8 text; expected the environments file (TOML)") from None
+    except OSError as exc:
+        raise ConfigError(None, None, f"{path} cannot be read ({exc.strerror}); expected the environments file") \
+            from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(None, None, f"{path} is not valid TOML: {exc}") from None
     unknown = set(raw) - {"defaults", "environments"}
@@ -251,8 +267,15 @@ def _read(path: Path) -> dict[str, Any]:
         raise ConfigError(
             None, sorted(unknown)[0], "unknown top-level table; expected [defaults] or [environments.<name>]"
         )
+    if not isinstance(raw.get("defaults", {}), dict):
+        raise ConfigError(None, "defaults", "is not a table; expected [defaults] with keys for every Azure environment")
     if not isinstance(raw.get("environments"), dict) or not raw["environments"]:
         raise ConfigError(None, "environments", "missing; expected at least one [environments.<name>] table")
+    for name, table in raw["environments"].items():
+        if not isinstance(table, dict):
+            raise ConfigError(
+                name, None, f"is {type(table).__name__} {table!r}, not a table; expected [environments.{name}]"
+            )
     return raw
 
 
@@ -282,7 +305,7 @@ def _validate_schema(env: str, table: dict[str, Any]) -> None:
             env, "federation", f"is a list of credentials; expected [[environments.{env}.federation]] tables, "
             'each with name, issuer and subject (an earlier single table becomes one with name = "azure-devops")',
         )
-    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(_SCHEMA).iter_errors(table))
+    error = jsonschema.exceptions.best_match(_strict_validator()(_SCHEMA).iter_errors(table))
     if error is None:
         return
     key = ".".join(str(part) for part in error.absolute_path) or None
@@ -303,6 +326,18 @@ def _validate_schema(env: str, table: dict[str, Any]) -> None:
         allowed = ", ".join(sorted(error.schema.get("properties", {})))
         raise ConfigError(env, key, f"unknown key; expected one of {allowed}")
     raise ConfigError(env, key, f"{error.message}")
+
+
+def _strict_validator() -> Any:
+    """Draft 2020-12, except that an integer is an integer: JSON Schema counts 6301.0 as one, and a port or
+    a row count that TOML reads as a float would reach a socket or a slice as a float."""
+    import jsonschema
+
+    def is_integer(_: Any, instance: Any) -> bool:
+        return isinstance(instance, int) and not isinstance(instance, bool)
+
+    base = jsonschema.Draft202012Validator
+    return jsonschema.validators.extend(base, type_checker=base.TYPE_CHECKER.redefine("integer", is_integer))
 
 
 def _lineage(error: Any) -> Iterator[Any]:
@@ -342,6 +377,7 @@ def _build(name: str, table: dict[str, Any]) -> EnvConfig:
         serving=Serving(**table.get("serving", {})),
         secret=SecretPolicy(**table.get("secret", {})),
         training=Training(**table.get("training", {})),
+        locks=LockPolicy(**table.get("locks", {})),
     )
     if kind == "local":
         local = dict(table.get("local", {}))

@@ -13,7 +13,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from deploy.core.errors import USAGE, DeployError
+from deploy.core.errors import INTERRUPTED, REFUSED, USAGE, DeployError
+from deploy.core.report import emit_json
 
 COMMANDS = {
     "train": "deploy.train:run",
@@ -51,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         "release", parents=[common, as_json], help="gate, deploy blue/green, validate and switch a slot"
     )
     release.add_argument("--to", required=True, choices=SLOTS, dest="slot", help="slot to release into")
-    release.add_argument("--build", default="latest", help="build number, or latest (default)")
+    release.add_argument("--build", help="build number, or latest (default: the newest finished build)")
     release.add_argument("--force", action="store_true", help="override a failed gate (the override is recorded)")
 
     rollback = commands.add_parser(
@@ -90,24 +91,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             env = load_environment(args.env, args.config)
         except ConfigError as exc:
-            print(exc, file=sys.stderr)
-            return USAGE
+            return _fail(args, str(exc), USAGE, "config")
         module_name, function_name = COMMANDS[args.command].split(":")
         handler = getattr(importlib.import_module(module_name), function_name)
         return handler(args, env)
     except DeployError as exc:
         if args.debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_status
+        return _fail(args, f"error: {exc}", exc.exit_status, "usage" if exc.exit_status == USAGE else "refused")
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        return _fail(args, "interrupted", INTERRUPTED, "interrupted")
     except Exception as exc:  # an SDK or service failure: one line, the traceback only on request
         if args.debug:
             raise
-        print(f"error: {type(exc).__name__}: {_first_line(exc)} (rerun with --debug for details)", file=sys.stderr)
-        return 1
+        message = f"error: {type(exc).__name__}: {_first_line(exc)} (rerun with --debug for details)"
+        return _fail(args, message, REFUSED, "failed")
+
+
+def _fail(args: argparse.Namespace, message: str, exit_status: int, kind: str) -> int:
+    """One line on stderr; with --json also one JSON object on stdout, so a pipeline step can read the failure."""
+    print(message, file=sys.stderr)
+    if getattr(args, "json", False):
+        emit_json({"error": message.removeprefix("error: "), "kind": kind, "exit_status": exit_status})
+    return exit_status
 
 
 def _first_line(exc: BaseException) -> str:

@@ -24,8 +24,9 @@ TRAIN_NOTEBOOK = "train_churn"
 
 
 def run(args: argparse.Namespace, env: EnvConfig) -> int:
-    build = args.build or str(uuid.uuid4())
-    source = args.source or MANUAL_SOURCE
+    # Left out: the hackathon's manual fallback. Given but empty: an error (check_build).
+    build = str(uuid.uuid4()) if args.build is None else args.build
+    source = MANUAL_SOURCE if args.source is None else args.source
     check_build(build, source)
     if env.is_local:
         document = train_locally(args, env, build, source)

@@ -16,9 +16,33 @@ BUILD_ID_EXPECTED = "1-100 letters, digits, '.', '_' or '-', starting with a let
 MAX_SOURCE_LENGTH = 500
 
 
+# `release --build latest` means the newest finished run, so no build may be called that.
+LATEST = "latest"
+
+
 def check_build(build: str, source: str) -> None:
-    """UsageError unless `build` and `source` are safe to use as a folder name and a tag."""
+    """UsageError unless `build` and `source` are safe to use as a folder name and a tag.
+
+    An empty value is an error, not "use the default": in a pipeline an empty `$(Build.BuildNumber)`
+    would otherwise train or ship the wrong build. Leave the flag out for the default."""
+    if not build:
+        raise UsageError(f"build id is empty; expected {BUILD_ID_EXPECTED} (leave --build out for a generated id)")
+    if build.casefold() == LATEST:
+        raise UsageError(f"build id {build!r} is reserved (release --build latest means the newest build); "
+                         f"expected another id, {BUILD_ID_EXPECTED}")
     if not BUILD_ID.fullmatch(build):
         raise UsageError(f"build id {build!r} is invalid; expected {BUILD_ID_EXPECTED}")
-    if not source or len(source) > MAX_SOURCE_LENGTH:
+    if not source:
+        raise UsageError("build source is empty; expected e.g. repo@commit (leave --source out for manual)")
+    if len(source) > MAX_SOURCE_LENGTH:
         raise UsageError(f"build source must be 1-{MAX_SOURCE_LENGTH} characters, e.g. repo@commit or manual")
+
+
+def check_release_build(build: str | None) -> None:
+    """UsageError unless `build` names a build to release: None or `latest` (the newest), or a build id."""
+    if build is None or build == LATEST:
+        return
+    if not build:
+        raise UsageError(f"--build is empty; expected a build id or {LATEST} (leave --build out for the newest build)")
+    if not BUILD_ID.fullmatch(build):  # it goes into a search filter: the same rule training applied
+        raise UsageError(f"build '{build}' is not a build number; expected {BUILD_ID_EXPECTED} or {LATEST}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 OK = 0
 REFUSED = 1  # a gate, a validation or a failed step refused; what was serving still serves
 USAGE = 2  # bad input or configuration: nothing was changed
+INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
 
 
 class DeployError(Exception):

@@ -48,6 +48,10 @@ def load_outputs(env: EnvConfig, path: str | Path | None = None) -> StackOutputs
         document = json.loads(path.read_text())
     except FileNotFoundError:
         raise UsageError(f"outputs file {path} not found; {how}") from None
+    except IsADirectoryError:
+        raise UsageError(f"outputs file {path} is a directory; {how}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"outputs file {path} is not UTF-8 JSON text; {how}") from None
     except (OSError, json.JSONDecodeError) as exc:
         raise UsageError(f"outputs file {path} is unreadable ({exc}); {how}") from None
     values = document.get(env.stack_name) if isinstance(document, dict) else None

@@ -336,9 +336,9 @@ def run_rollback(args: argparse.Namespace, env: EnvConfig) -> int:
         # The pipelines' step after a failed release: only a failure after the traffic switch leaves the
         # slot serving the new build, and only then is moving back right; before the switch the slot
         # still serves the previous release, which a rollback would undo.
-        from deploy.core.build_id import BUILD_ID, BUILD_ID_EXPECTED
+        from deploy.core.build_id import BUILD_ID, BUILD_ID_EXPECTED, LATEST
 
-        if not BUILD_ID.fullmatch(args.only_if_serving):
+        if not BUILD_ID.fullmatch(args.only_if_serving) or args.only_if_serving.casefold() == LATEST:
             raise UsageError(f"--only-if-serving {args.only_if_serving!r} is invalid; expected {BUILD_ID_EXPECTED}")
         serving = (status(env, outputs=args.outputs)["slots"][args.slot]["serving"] or {}).get("build")
         if serving != args.only_if_serving:

@@ -153,6 +153,8 @@ def _read_source(
         text = storage.read_text(location, credential)
     except FileNotFoundError:
         raise UsageError(f"churn data {location} not found; expected the churn table Churn_Modelling.csv") from None
+    except IsADirectoryError:
+        raise UsageError(f"churn data {location} is a directory; expected a CSV file (Churn_Modelling.csv)") from None
     except UnicodeDecodeError:
         raise UsageError(f"churn data {location} is not UTF-8 text; expected a CSV file") from None
     frame = schema.read_churn_csv(location, text)

@@ -7,8 +7,11 @@ identifier columns (RowNumber, CustomerId, Surname) are optional, since training
 
 from __future__ import annotations
 
+import csv
+import io
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from deploy.core.contract import CATEGORICAL_FEATURES, COLUMNS, FEATURES, LABEL, NUMERIC_FEATURES
@@ -24,18 +27,34 @@ def read_churn_csv(source: str | Path, text: str | None = None) -> pd.DataFrame:
 
     Returns the frame with the label as int and the categorical features as str.
     """
-    import io
-
-    handle = io.StringIO(text) if text is not None else source
+    if text is None:
+        try:
+            text = Path(source).read_text()
+        except FileNotFoundError:
+            raise UsageError(f"churn CSV {source} not found; expected a file with columns {', '.join(COLUMNS)}") \
+                from None
+        except IsADirectoryError:
+            raise UsageError(f"churn CSV {source} is a directory; expected a CSV file") from None
+        except UnicodeDecodeError:
+            raise UsageError(f"churn CSV {source} is not UTF-8 text; expected a CSV file") from None
+    _check_header(text, str(source))
     try:
-        frame = pd.read_csv(handle, dtype={name: str for name in ("Surname", *CATEGORICAL_FEATURES)})
-    except FileNotFoundError:
-        raise UsageError(f"churn CSV {source} not found; expected a file with columns {', '.join(COLUMNS)}") from None
+        frame = pd.read_csv(io.StringIO(text), dtype={name: str for name in ("Surname", *CATEGORICAL_FEATURES)})
     except pd.errors.EmptyDataError:
         raise UsageError(f"churn CSV {source} is empty; expected a header ({', '.join(COLUMNS)}) and rows") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise UsageError(f"churn CSV {source} is not a readable CSV: {_first_line(exc)}") from None
     return check_churn_frame(frame, str(source))
+
+
+def _check_header(text: str, source: str) -> None:
+    """A column named twice would be read as `Age` and `Age.1`, and the model would train on one of them."""
+    header = next(csv.reader(io.StringIO(text)), [])
+    seen: set[str] = set()
+    for name in (column.strip() for column in header):
+        if name in seen:
+            raise UsageError(f"churn CSV {source}: column {name} appears twice on line 1; expected each column once")
+        seen.add(name)
 
 
 def check_churn_frame(frame: pd.DataFrame, source: str) -> pd.DataFrame:
@@ -81,14 +100,16 @@ def _check_no_missing(frame: pd.DataFrame, name: str, source: str) -> None:
 
 def _numeric(column: pd.Series, name: str, source: str) -> pd.Series:
     if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
-        return column
-    converted = pd.to_numeric(column, errors="coerce")
-    bad = converted.isna()
+        converted = column
+    else:
+        converted = pd.to_numeric(column, errors="coerce")
+    # inf, -inf and 1e400 (which overflows to inf) parse as numbers, but no customer has an infinite balance.
+    bad = converted.isna() | ~np.isfinite(converted.astype(float))
     if not bad.any():
         return converted
     row = int(bad.to_numpy().nonzero()[0][0])
     raise UsageError(
-        f"churn CSV {source}: column {name} holds {column.iloc[row]!r} on line {row + 2}; expected a number"
+        f"churn CSV {source}: column {name} holds {column.iloc[row]!r} on line {row + 2}; expected a finite number"
     )
 
 
