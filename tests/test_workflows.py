@@ -356,6 +356,14 @@ def test_infrastructure_checks_the_state_then_diffs_then_deploys_and_uploads_the
         assert download["path"] == str(Path(outputs_file).parent)
 
 
+def test_a_release_can_be_started_for_every_azure_environment_and_runs_dev_on_push():
+    workflow = load(RELEASE)
+    assert sorted(workflow["on"]["workflow_dispatch"]["inputs"]["environment"]["options"]) == AZURE_ENVS
+    assert workflow["on"]["workflow_dispatch"]["inputs"]["environment"]["default"] == "dev"
+    assert workflow["on"]["push"] == {"branches": ["main"]}
+    assert "pull_request" not in workflow["on"]  # pull requests run ci.yml only: nothing that changes Azure
+
+
 def test_prod_is_a_github_environment_of_its_own_and_the_rest_share_the_environments_one():
     release = jobs()
     assert release["release_prod"]["environment"] == "churn-${{ " + ENVIRONMENT + " }}-prod"
