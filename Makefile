@@ -3,6 +3,7 @@
 #   make test   install and run the whole suite (pytest, then the checkov security scan)
 #   make bench  medians of synthesis, CLI start-up, local training and release
 #   make infra-diff ENV=dev / make infra-deploy ENV=dev   cdktn diff / deploy of stack churn-<ENV>
+#   make infra-check-state ENV=dev   refuse an environment whose Terraform state would stay on this machine
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -53,7 +54,7 @@ export TF_CLI_CONFIG_FILE := $(CURDIR)/$(TOOLS)/terraformrc
 ENV ?= dev
 CDKTN_ARGS ?=
 
-.PHONY: help install demo test lint scan synth summary bench down clean infra-diff infra-deploy
+.PHONY: help install demo test lint scan synth summary bench down clean infra-diff infra-deploy infra-check-state
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -94,6 +95,10 @@ infra-diff: install
 infra-deploy: install
 	mkdir -p outputs
 	$(CDKTN) deploy churn-$(ENV) --outputs-file outputs/churn-$(ENV).json $(CDKTN_ARGS)
+
+# A CI agent forgets local files, so both pipelines run this before infra-diff (after make install).
+infra-check-state:
+	@$(PY) -c "import sys; from config import load_environment; env = load_environment('$(ENV)'); env.state_backend or sys.exit(f'environment {env.name} has no [environments.{env.name}.state_backend] in config/environments.toml; a pipeline needs remote state (docs/runbook.md)')"
 
 summary:
 	$(PY) -m stacks.summary cdktf.out

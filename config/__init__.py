@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,9 +109,12 @@ class RoleAssignment:
 
 
 @dataclass(frozen=True)
-class Federation:
-    """A federated credential for an Azure DevOps workload-identity service connection."""
+class FederatedCredential:
+    """One who may sign in as the automation identity without a secret: an Azure DevOps service
+    connection or a GitHub Actions job, named by its token's issuer and subject (schema.json lists
+    the accepted pairs). The stack creates one federated identity credential per entry."""
 
+    name: str
     issuer: str
     subject: str
 
@@ -187,7 +191,7 @@ class EnvConfig:
     outputs_file: Path
     key_vault_allowed_ips: tuple[str, ...] = ()
     role_assignments: tuple[RoleAssignment, ...] = ()
-    federation: Federation | None = None
+    federation: tuple[FederatedCredential, ...] = ()
     state_backend: StateBackend | None = None
     gate: Gate = field(default_factory=Gate)
     validation: Validation = field(default_factory=Validation)
@@ -296,10 +300,26 @@ def _validate_schema(env: str, table: dict[str, Any]) -> None:
     global _SCHEMA
     if _SCHEMA is None:
         _SCHEMA = json.loads((CONFIG_DIR / "schema.json").read_text())
+    if isinstance(table.get("federation"), dict):  # the single table of earlier versions
+        raise ConfigError(
+            env, "federation", f"is a list of credentials; expected [[environments.{env}.federation]] tables, "
+            'each with name, issuer and subject (an earlier single table becomes one with name = "azure-devops")',
+        )
     error = jsonschema.exceptions.best_match(_strict_validator()(_SCHEMA).iter_errors(table))
     if error is None:
         return
     key = ".".join(str(part) for part in error.absolute_path) or None
+    pairing = next((e for e in _lineage(error) if e.validator == "anyOf" and "federation" in e.absolute_path), None)
+    if pairing is not None:  # issuer and subject fit none of the forms schema.json documents
+        item, forms = pairing.instance, pairing.schema["anyOf"]
+        # A known issuer narrows the forms to its own; otherwise every form is listed.
+        issuer_fits = [jsonschema.Draft202012Validator(form["properties"]["issuer"]) for form in forms]
+        known = [form for form, fits in zip(forms, issuer_fits, strict=True) if fits.is_valid(item["issuer"])]
+        forms = "; or ".join(form["description"] for form in known or forms)
+        raise ConfigError(
+            env, f"federation[{pairing.absolute_path[-1]}]",
+            f"issuer '{item['issuer']}' with subject '{item['subject']}' is not an accepted pair; expected {forms}",
+        )
     if error.validator == "additionalProperties":
         extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
         key = ".".join(filter(None, [key, extra[0] if extra else None]))
@@ -318,6 +338,28 @@ def _strict_validator() -> Any:
 
     base = jsonschema.Draft202012Validator
     return jsonschema.validators.extend(base, type_checker=base.TYPE_CHECKER.redefine("integer", is_integer))
+
+
+def _lineage(error: Any) -> Iterator[Any]:
+    """A schema error and the errors it sits under (anyOf branches report below their anyOf)."""
+    while error is not None:
+        yield error
+        error = error.parent
+
+
+def _federation(env: str, items: list[dict[str, str]]) -> tuple[FederatedCredential, ...]:
+    """The credentials, each name and each issuer-subject pair once (Entra ID refuses a repeated pair)."""
+    credentials = tuple(FederatedCredential(**item) for item in items)
+    first: dict[object, int] = {}
+    for index, credential in enumerate(credentials):
+        for what, value in (("name", credential.name), ("issuer and subject", (credential.issuer, credential.subject))):
+            if (what, value) in first:
+                raise ConfigError(
+                    env, f"federation[{index}]",
+                    f"repeats the {what} of federation[{first[what, value]}]; expected each credential once",
+                )
+            first[what, value] = index
+    return credentials
 
 
 def _build(name: str, table: dict[str, Any]) -> EnvConfig:
@@ -379,7 +421,7 @@ def _build(name: str, table: dict[str, Any]) -> EnvConfig:
         key_vault_allowed_ips=tuple(table.get("key_vault_allowed_ips", ())),
         outputs_file=PROJECT_ROOT / table.get("outputs_file", f"outputs/churn-{name}.json"),
         role_assignments=roles,
-        federation=Federation(**table["federation"]) if "federation" in table else None,
+        federation=_federation(name, table.get("federation", [])),
         state_backend=StateBackend(**table["state_backend"]) if "state_backend" in table else None,
         names=names,
     )

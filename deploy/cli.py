@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from deploy.core.errors import INTERRUPTED, REFUSED, USAGE, DeployError
-from deploy.core.report import emit_json, json_emitted
+from deploy.core.report import emit_json, json_emitted, start_command
 
 COMMANDS = {
     "train": "deploy.train:run",
@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
         "rollback", parents=[common, as_json, slot_lock], help="move a slot back to its previous deployment"
     )
     rollback.add_argument("--to", required=True, choices=SLOTS, dest="slot", help="slot to roll back")
+    rollback.add_argument(
+        "--only-if-serving", metavar="BUILD",
+        help="roll back only if the slot serves this build, else change nothing and exit 0 (after a failed release)",
+    )
 
     commands.add_parser("status", parents=[common, as_json], help="slots, versions, traffic and secret expiry")
     commands.add_parser("down", parents=[common, slot_lock], help="stop the local scoring servers (local only)")
@@ -76,11 +80,16 @@ def build_parser() -> argparse.ArgumentParser:
     pruning.add_argument("--prune-now", action="store_true", help="remove old credentials now, not after the overlap")
     pruning.add_argument("--keep-old", action="store_true", help="remove no old credentials")
     rotate.add_argument("--lifetime-days", type=int, help="lifetime of the new secret (default from config, max 730)")
+    rotate.add_argument(
+        "--if-due", action="store_true",
+        help="rotate only if status warns about the secret (missing or near expiry); exit 1 if its state is unknown",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    start_command()
     logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING, stream=sys.stderr)
     try:
         from config import ConfigError, load_environment

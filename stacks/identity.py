@@ -2,8 +2,9 @@
 
 Terraform creates no password for it: `python -m deploy rotate-secret` owns its credentials, so no
 client secret ever lands in Terraform state. The deploying principal owns the application, which is
-what lets rotation work with only Graph `Application.ReadWrite.OwnedBy`. An Azure DevOps
-workload-identity service connection can sign in through an optional federated credential.
+what lets rotation work with only Graph `Application.ReadWrite.OwnedBy`. Azure DevOps service
+connections and GitHub Actions jobs sign in as it, without a secret, through the federated
+credentials `[[environments.<env>.federation]]` lists.
 """
 
 from __future__ import annotations
@@ -34,13 +35,15 @@ class AutomationIdentity(Construct):
         self.service_principal = ServicePrincipal(
             self, "service_principal", client_id=self.application.client_id, owners=[owner_object_id],
         )
-        self.federated_credential = None
-        if env.federation:
-            self.federated_credential = ApplicationFederatedIdentityCredential(
-                self, "azure_devops", application_id=self.application.id, display_name=f"{env.stack_name}-azure-devops",
-                description="Azure DevOps workload-identity service connection", audiences=[FEDERATION_AUDIENCE],
-                issuer=env.federation.issuer, subject=env.federation.subject,
+        self.federated_credentials = [
+            ApplicationFederatedIdentityCredential(
+                self, f"federated_{wanted.name.replace('-', '_')}", application_id=self.application.id,
+                display_name=f"{env.stack_name}-{wanted.name}", audiences=[FEDERATION_AUDIENCE],
+                issuer=wanted.issuer, subject=wanted.subject,
+                description=f"federation '{wanted.name}' of environment {env.name} in config/environments.toml",
             )
+            for wanted in env.federation
+        ]
 
     @property
     def client_id(self) -> str:

@@ -6,6 +6,7 @@ import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,6 +15,24 @@ os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 os.environ["DO_NOT_TRACK"] = "true"
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def _loopback_only(connect: Callable[..., Any]) -> Callable[..., Any]:
+    """No test reaches any address but loopback: a connection elsewhere (an SDK's default credential trying
+    the instance metadata service, a default endpoint) fails the test at once instead of waiting on the network."""
+
+    def guarded(self: socket.socket, address: Any, *args: Any) -> Any:
+        internet = self.family in (socket.AF_INET, socket.AF_INET6) and isinstance(address, tuple)
+        if internet and address[0] not in LOOPBACK:
+            raise ConnectionRefusedError(f"tests may only connect to loopback, not {address[0]}:{address[1]}")
+        return connect(self, address, *args)
+
+    return guarded
+
+
+socket.socket.connect = _loopback_only(socket.socket.connect)  # type: ignore[method-assign]
+socket.socket.connect_ex = _loopback_only(socket.socket.connect_ex)  # type: ignore[method-assign]
 SHIPPED_CONFIG = PROJECT_ROOT / "config" / "environments.toml"
 
 

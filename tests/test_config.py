@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from config import ConfigError, load_all, load_environment, naming
+from config import ConfigError, FederatedCredential, load_all, load_environment, naming
 from deploy.cli import main as deploy_main
 from tests.conftest import PROJECT_ROOT, SHIPPED_CONFIG
 
@@ -88,6 +88,38 @@ def test_data_root_is_in_the_environments_cloud(write_config):
     assert data_root(envs["cn"], outputs) == "abfss://c@st.dfs.core.chinacloudapi.cn"
 
 
+ADO_ISSUER = "https://vstoken.dev.azure.com/00000000-0000-0000-0000-0000000000aa"
+ENTRA_ISSUER = "https://login.microsoftonline.com/00000000-0000-0000-0000-0000000000bb/v2.0"
+ENTRA_SUBJECT = (
+    "/eid1/c/pub/t/uwAAAAAAAAAAAAAAAAAAAA/a/zAAAAAAAAAAAAAAAAAAAAA"
+    "/sc/00000000-0000-0000-0000-0000000000aa/00000000-0000-0000-0000-0000000000dd"
+)
+GITHUB_ISSUER = "https://token.actions.githubusercontent.com"
+
+
+def federation(*entries: tuple[str, str, str]) -> str:
+    return "".join(
+        f'\n[[environments.dev.federation]]\nname = "{name}"\nissuer = "{issuer}"\nsubject = "{subject}"\n'
+        for name, issuer, subject in entries
+    )
+
+
+def test_federation_is_a_list_of_credentials_in_every_accepted_form(write_config):
+    assert load_environment("dev", SHIPPED_CONFIG).federation == ()
+    entries = [
+        ("azure-devops", ADO_ISSUER, "sc://contoso/churn/churn-dev-automation"),
+        ("azure-devops-entra", ENTRA_ISSUER, ENTRA_SUBJECT),
+        ("github-dev", GITHUB_ISSUER, "repo:contoso/churn-mlops:environment:churn-dev"),
+        ("github-main", GITHUB_ISSUER, "repo:contoso/churn-mlops:ref:refs/heads/main"),
+    ]
+    env = load_environment("dev", write_config(MINIMAL + federation(*entries)))
+    assert env.federation == tuple(FederatedCredential(*entry) for entry in entries)
+    gov = MINIMAL.replace("westeurope", "usgovvirginia") + federation(
+        ("azure-devops", ENTRA_ISSUER.replace("microsoftonline.com", "microsoftonline.us"), ENTRA_SUBJECT)
+    )
+    assert load_environment("dev", write_config(gov)).federation[0].issuer.startswith("https://login.microsoftonline.us/")
+
+
 BAD_CONFIGS = {
     "unknown key": (MINIMAL + "colour = 'blue'\n", "environment 'dev' key 'colour': unknown key; expected one of"),
     "unknown nested key": (
@@ -125,6 +157,46 @@ BAD_CONFIGS = {
     "unknown scope": (
         MINIMAL + "role_assignments = [{ role = 'Reader', scope = 'subscription' }]\n",
         "environment 'dev' key 'role_assignments.0.scope': 'subscription' is not one of",
+    ),
+    "federation: GitHub issuer, Azure DevOps subject": (
+        MINIMAL + federation(("github", GITHUB_ISSUER, "sc://contoso/churn/churn-dev")),
+        f"key 'federation[0]': issuer '{GITHUB_ISSUER}' with subject 'sc://contoso/churn/churn-dev' is not an "
+        "accepted pair; expected a GitHub Actions job in a GitHub Environment or on a branch",
+    ),
+    "federation: pull requests never sign in": (
+        MINIMAL + federation(("github", GITHUB_ISSUER, "repo:contoso/churn-mlops:pull_request")),
+        "key 'federation[0]': issuer 'https://token.actions.githubusercontent.com' with subject "
+        "'repo:contoso/churn-mlops:pull_request' is not an accepted pair",
+    ),
+    "federation: Entra issuer, classic subject": (
+        MINIMAL + federation(("azure-devops", ENTRA_ISSUER, "sc://contoso/churn/churn-dev")),
+        "is not an accepted pair; expected an Azure DevOps service connection with the Entra ID issuer",
+    ),
+    "federation: unknown issuer lists every form": (
+        MINIMAL + federation(("other", "https://issuer.example.test", "sc://contoso/churn/churn-dev")),
+        "expected an Azure DevOps service connection with the Azure DevOps issuer",
+    ),
+    "federation: the single table of earlier versions": (
+        MINIMAL + f'[environments.dev.federation]\nissuer = "{ADO_ISSUER}"\nsubject = "sc://contoso/churn/churn-dev"\n',
+        "key 'federation': is a list of credentials; expected [[environments.dev.federation]] tables",
+    ),
+    "federation: a name twice": (
+        MINIMAL + federation(
+            ("github", GITHUB_ISSUER, "repo:contoso/churn-mlops:environment:churn-dev"),
+            ("github", GITHUB_ISSUER, "repo:contoso/churn-mlops:ref:refs/heads/main"),
+        ),
+        "key 'federation[1]': repeats the name of federation[0]; expected each credential once",
+    ),
+    "federation: a subject twice": (
+        MINIMAL + federation(
+            ("github-a", GITHUB_ISSUER, "repo:contoso/churn-mlops:environment:churn-dev"),
+            ("github-b", GITHUB_ISSUER, "repo:contoso/churn-mlops:environment:churn-dev"),
+        ),
+        "key 'federation[1]': repeats the issuer and subject of federation[0]",
+    ),
+    "federation: a name Entra ID would not take": (
+        MINIMAL + federation(("GitHub Dev", GITHUB_ISSUER, "repo:contoso/churn-mlops:environment:churn-dev")),
+        "key 'federation.0.name': 'GitHub Dev' does not match",
     ),
     "not TOML": ("[environments.dev\n", "is not valid TOML"),
     "no environments": ("[defaults]\nlocation = 'westeurope'\n", "key 'environments': missing"),

@@ -47,12 +47,22 @@ role_assignments = [
   { role = "Storage Blob Data Reader", scope = "data_account" },
   { role = "Storage Blob Data Contributor", scope = "data_container" },
 ]
-federation = { issuer = "https://vstoken.dev.azure.com/0000-org", subject = "sc://contoso/churn/churn-dev" }
 state_backend = { resource_group = "rg-tfstate", storage_account = "sttfstate001", container = "tfstate" }
 key_vault_allowed_ips = ["203.0.113.0/28"]
 
 [environments.dev.training]
 job_timeout_minutes = 45
+
+[[environments.dev.federation]]
+name = "azure-devops"
+issuer = "https://login.microsoftonline.com/00000000-0000-0000-0000-0000000000aa/v2.0"
+subject = "/eid1/c/pub/t/qgAAAAAAAAAAAAAAAAAAAA/a/uwAAAAAAAAAAAAAAAAAAAA/sc/\
+00000000-0000-0000-0000-0000000000cc/00000000-0000-0000-0000-0000000000dd"
+
+[[environments.dev.federation]]
+name = "github-prod"
+issuer = "https://token.actions.githubusercontent.com"
+subject = "repo:contoso/churn-mlops:environment:churn-dev-prod"
 """
 SCOPE_TYPES = {
     "resource_group": "azurerm_resource_group",
@@ -310,13 +320,19 @@ def test_no_federated_credential_unless_configured(docs, key):
     assert "azuread_application_federated_identity_credential" not in docs[key]["resource"]
 
 
-def test_federated_credential_when_configured(docs, envs):
+def test_one_federated_credential_per_configured_entry(docs, envs):
     doc = docs["custom"]
-    _, credential = one(doc, "azuread_application_federated_identity_credential")
-    assert credential["application_id"] == ref("azuread_application", automation_app(doc), "id")
-    assert credential["issuer"] == envs["custom"].federation.issuer
-    assert credential["subject"] == "sc://contoso/churn/churn-dev"
-    assert credential["audiences"] == ["api://AzureADTokenExchange"]
+    credentials = of_type(doc, "azuread_application_federated_identity_credential")
+    # Logical ids come from the entries' names, so reordering the config replaces nothing.
+    names = sorted(lid.split("_federated_")[1].rsplit("_", 1)[0] for lid in credentials)
+    assert names == ["azure_devops", "github_prod"]
+    by_name = {attrs["display_name"]: attrs for attrs in credentials.values()}
+    assert sorted(by_name) == ["churn-dev-azure-devops", "churn-dev-github-prod"]
+    for wanted in envs["custom"].federation:
+        credential = by_name[f"churn-dev-{wanted.name}"]
+        assert (credential["issuer"], credential["subject"]) == (wanted.issuer, wanted.subject)
+        assert credential["application_id"] == ref("azuread_application", automation_app(doc), "id")
+        assert credential["audiences"] == ["api://AzureADTokenExchange"]
 
 
 @ALL

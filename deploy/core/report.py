@@ -24,6 +24,11 @@ def emit_json(document: dict[str, Any]) -> None:
     _emitted.set()
 
 
+def start_command() -> None:
+    """A new command in this process (the CLI's entry point; tests call it several times) has printed nothing."""
+    _emitted.clear()
+
+
 def json_emitted() -> bool:
     """Whether this process already printed its JSON object (a command that reports, then fails, says why in it)."""
     return _emitted.is_set()

@@ -199,8 +199,21 @@ def run(args: argparse.Namespace, env: EnvConfig) -> int:
         raise UsageError(f"--lifetime-days {lifetime} is out of range; expected 1 to {MAX_LIFETIME_DAYS} days")
     prune = "now" if args.prune_now else "none" if args.keep_old else "overlap"
     options = Options(lifetime_days=lifetime, prune=prune, dry_run=args.dry_run, outputs_path=args.outputs)
+    clients = Clients(env)
+    if args.if_due:  # the scheduled pipelines: rotate only a secret `status` warns about
+        state = secret_status(env, load_outputs(env, args.outputs), clients)
+        if state["error"]:
+            raise DeployError(f"the client secret's state is unknown ({state['error']}); nothing rotated")
+        if state["warning"] is None:
+            if args.json:
+                emit_json({"command": "rotate-secret", "ok": True, "rotated": False, "environment": env.name,
+                           "secret": state})
+            else:
+                print(f"secret '{state['secret_name']}' expires in {state['secret_days_to_expiry']} days; not due")
+            return 0
+        progress(f"rotating: {state['warning']}")
 
-    outcome = rotate(env, options, Clients(env))
+    outcome = rotate(env, options, clients)
 
     if args.json:
         emit_json(outcome.as_dict())

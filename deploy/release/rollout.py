@@ -77,6 +77,13 @@ class ReleaseResult:
 
 
 @dataclass(frozen=True)
+class NotServing:
+    """rollback --only-if-serving: the slot serves another build (or none), so nothing was rolled back."""
+
+    build: str | None
+
+
+@dataclass(frozen=True)
 class RollbackResult:
     environment: str
     slot: str
@@ -148,18 +155,26 @@ def release(
 
 def rollback(
     env: EnvConfig, slot: str, outputs: Outputs = None, target: Target | None = None,
-    lock_wait: float | None = None, slot_locks: locks.Locks | None = None,
-) -> RollbackResult:
+    lock_wait: float | None = None, slot_locks: locks.Locks | None = None, only_if_serving: str | None = None,
+) -> RollbackResult | NotServing:
     """Move `slot`'s traffic back to its previous deployment and delete the rolled-back one.
 
     Refused (exit 1), changing nothing, when the slot has no previous deployment, including right
-    after a rollback."""
+    after a rollback. With `only_if_serving`, a slot that does not serve that build is left alone
+    (NotServing): the pipelines' step after a failed release, decided under the slot's lock."""
     _check_slot(slot)
     stack = resolve_outputs(env, outputs)
     target = target or targets.for_environment(env, stack)
+    tracking.use_environment(env, stack)
     with _slot_lock(env, stack, slot, lock_wait, slot_locks):
         endpoint = target.describe(slot)
         current = endpoint.serving if endpoint else None
+        if only_if_serving is not None:
+            # Only a failure after the traffic switch leaves the slot serving the new build, and only then is
+            # moving back right; before the switch the slot still serves the previous release.
+            serving_build = (_version_status(current) or {}).get("build")
+            if serving_build != only_if_serving:
+                return NotServing(serving_build)
         previous = endpoint.deployment(endpoint.previous) if endpoint else None
         if endpoint is None or current is None or previous is None:
             serving = f"it serves {current.name}" if current else "it serves nothing"
@@ -167,7 +182,6 @@ def rollback(
                 f"slot {slot} ({env.endpoint_name(slot)}) has no previous deployment to roll back to ({serving}); "
                 "nothing changed"
             )
-        tracking.use_environment(env, stack)
         if not previous.healthy:  # e.g. a local server that did not survive a reboot
             target.create_deployment(slot, previous.name, previous.version or "")
         # One way only: the rolled-back deployment is deleted and no rollback target remains, so a repeated
@@ -435,7 +449,21 @@ def run_release(args: argparse.Namespace, env: EnvConfig) -> int:
 
 
 def run_rollback(args: argparse.Namespace, env: EnvConfig) -> int:
-    result = rollback(env, args.slot, outputs=args.outputs, lock_wait=args.lock_wait)
+    guard = args.only_if_serving
+    if guard is not None:
+        from deploy.core.build_id import BUILD_ID, BUILD_ID_EXPECTED, LATEST
+
+        if not BUILD_ID.fullmatch(guard) or guard.casefold() == LATEST:
+            raise UsageError(f"--only-if-serving {guard!r} is invalid; expected {BUILD_ID_EXPECTED}")
+    result = rollback(env, args.slot, outputs=args.outputs, lock_wait=args.lock_wait, only_if_serving=guard)
+    if isinstance(result, NotServing):
+        if args.json:
+            emit_json({"environment": env.name, "slot": args.slot, "endpoint": env.endpoint_name(args.slot),
+                       "rolled_back": False, "serving_build": result.build})
+        else:
+            print(f"{env.endpoint_name(args.slot)} serves build {result.build or 'none'}, not {guard}: "
+                  "nothing to roll back")
+        return OK
     if args.json:
         emit_json(result.as_dict())
     else:
