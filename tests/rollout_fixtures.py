@@ -159,6 +159,7 @@ class FakeWorkspace:
         self.failing: set[str] = set()
         self.traffic_at_invoke: list[dict[str, int]] = []
         self.scored: list[tuple[str, str]] = []  # (endpoint, deployment) of each scoring request
+        self.connections = 0  # TCP connections the scoring server accepted
         self.online_endpoints = create_autospec(OnlineEndpointOperations, instance=True)
         self.online_deployments = create_autospec(OnlineDeploymentOperations, instance=True)
         self.online_endpoints.get.side_effect = self._get_endpoint
@@ -226,6 +227,11 @@ class FakeWorkspace:
         if deployment.endpoint_name not in self.endpoints:
             raise _not_found(f"online endpoint {deployment.endpoint_name}")
         name, version = deployment.model.split(":")[1:]  # azureml:<name>:<version>, as the SDK sends it
+        earlier = self.deployments[deployment.endpoint_name].get(deployment.name)
+        if earlier is not None and earlier.provisioning_state == "Failed":
+            raise HttpResponseError(
+                message=f"deployment {deployment.name} is in Failed state and cannot be updated; delete and recreate it"
+            )
         failed = deployment.name in self.failing
         self.deployments[deployment.endpoint_name][deployment.name] = ManagedOnlineDeployment(
             name=deployment.name, endpoint_name=deployment.endpoint_name, tags=dict(deployment.tags or {}),
@@ -275,6 +281,12 @@ class FakeWorkspace:
         workspace = self
 
         class Scoring(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as a real endpoint's front end allows
+
+            def setup(self) -> None:
+                super().setup()
+                workspace.connections += 1
+
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 if self.headers.get("Authorization") != f"Bearer {workspace.TOKEN}":

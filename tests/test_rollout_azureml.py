@@ -121,6 +121,29 @@ def test_failed_validation_deletes_the_new_deployment_and_leaves_traffic_untouch
     assert registry.last_validation("stage")["passed"] is False
 
 
+def test_one_scoring_connection_serves_the_whole_validation(azure) -> None:
+    ship(azure, "A")
+    # 50 rows, a warm-up and the public check went through one kept-alive connection: p95 is the model's.
+    assert len(azure.workspace.scored) == azure.env.validation.rows + 2
+    assert azure.workspace.connections == 1
+
+
+def test_a_deployment_left_failed_by_an_earlier_attempt_is_deleted_and_created_again(azure) -> None:
+    from azure.ai.ml.entities import ManagedOnlineDeployment
+
+    ship(azure, "A")
+    version = registry.register(registry.find_run("B"))
+    azure.workspace.deployments[azure.stage]["churn-v2"] = ManagedOnlineDeployment(  # a crashed release's leftover
+        name="churn-v2", endpoint_name=azure.stage, model=f"azureml:churn-model:{version}", tags={},
+        provisioning_state="Failed",
+    )
+    resumed = ship(azure, "B")
+    assert (resumed.version, resumed.validation["passed"]) == (version, True)
+    azure.workspace.online_deployments.begin_delete.assert_any_call(name="churn-v2", endpoint_name=azure.stage)
+    assert azure.workspace.deployments[azure.stage]["churn-v2"].provisioning_state == "Succeeded"
+    assert azure.workspace.traffic(azure.stage) == {"churn-v1": 0, "churn-v2": 100}
+
+
 def test_failed_provisioning_deletes_the_new_deployment_and_leaves_traffic_untouched(azure) -> None:
     ship(azure, "A")
     azure.workspace.failing.add("churn-v2")

@@ -26,6 +26,10 @@ if TYPE_CHECKING:
     from deploy.platform.outputs import StackOutputs
 
 PREVIOUS_TAG = "previous-deployment"
+UNUSABLE_STATES = frozenset({"Failed", "Canceled"})
+# Smoke requests: connect fast, and give the model (not a hung connection) up to this long to answer.
+SCORING_CONNECT_TIMEOUT_SECONDS = 10
+SCORING_READ_TIMEOUT_SECONDS = 60
 VERSION_TAG = "model-version"
 # `azureml:churn-model:3`, or the ARM id `.../models/churn-model/versions/3` the service returns.
 MODEL_REFERENCE = re.compile(rf"(?:^|[:/]){re.escape(REGISTERED_MODEL)}(?::|/versions/)(\d+)$")
@@ -36,6 +40,7 @@ class AzureMLTarget(Target):
         self.env = env
         self.client = client
         self._scoring: dict[str, tuple[str, str]] = {}  # endpoint -> (scoring URI, token), fetched once
+        self._clients: dict[str, Any] = {}  # endpoint -> its scoring client, kept for the validation's requests
 
     @classmethod
     def from_outputs(cls, env: EnvConfig, outputs: StackOutputs) -> AzureMLTarget:
@@ -94,6 +99,11 @@ class AzureMLTarget(Target):
         if existing is not None and version_of(existing) == version and existing.provisioning_state == SUCCEEDED:
             progress(f"  deployment {name} of {endpoint} already serves version {version}; reusing it")
             return DeploymentInfo(name, version, self._traffic(endpoint).get(name, 0), SUCCEEDED)
+        if existing is not None and existing.provisioning_state in UNUSABLE_STATES:
+            # Azure ML does not repair a failed deployment by updating it in place: delete it, create it anew.
+            progress(f"  deployment {name} of {endpoint} is {existing.provisioning_state} (a failed earlier attempt); "
+                     "deleting it to create it again")
+            self.delete_deployment(slot, name)
         deployment = ManagedOnlineDeployment(
             name=name, endpoint_name=endpoint, model=f"azureml:{REGISTERED_MODEL}:{version}",
             instance_type=self.env.serving.instance_type, instance_count=self.env.serving.instance_count,
@@ -132,8 +142,7 @@ class AzureMLTarget(Target):
         # MLflow no-code deployments take pandas' split orientation under `input_data`.
         payload = {"input_data": json.loads(rows.to_json(orient="split"))}
         request = HttpRequest("POST", uri, json=payload, headers=headers)
-        with _scoring_client(uri) as client:
-            response = client.send_request(request)
+        response = self._scoring_client(endpoint, uri).send_request(request)
         if response.status_code >= 400:
             who = f"deployment {deployment}" if deployment else f"endpoint {endpoint}"
             raise DeployError(f"{who} answered {response.status_code}: {response.text()[:200]}")
@@ -147,6 +156,21 @@ class AzureMLTarget(Target):
                 raise DeployError(f"endpoint {endpoint} gave no token or key to score with")
             self._scoring[endpoint] = (self.client.online_endpoints.get(endpoint).scoring_uri, token)
         return self._scoring[endpoint]
+
+    def _scoring_client(self, endpoint: str, uri: str) -> Any:
+        """One client per endpoint for the whole validation, so the connection (and its TLS handshake) is
+        made once and p95 measures the model. A bare azure-core pipeline: no retries (a retried failure
+        would hide an error from the smoke validation), no HTTP logging (the request carries the token),
+        and explicit timeouts."""
+        if endpoint not in self._clients:
+            from azure.core import PipelineClient
+            from azure.core.pipeline.transport import RequestsTransport
+
+            transport = RequestsTransport(
+                connection_timeout=SCORING_CONNECT_TIMEOUT_SECONDS, read_timeout=SCORING_READ_TIMEOUT_SECONDS
+            )
+            self._clients[endpoint] = PipelineClient(uri, policies=[], transport=transport)
+        return self._clients[endpoint]
 
     def switch_traffic(self, slot: str, to: str, previous: str | None) -> None:
         name = self.env.endpoint_name(slot)
@@ -190,12 +214,6 @@ def version_of(deployment: Any) -> str | None:
     return match.group(1) if match else None
 
 
-def _scoring_client(uri: str) -> Any:
-    """A bare azure-core pipeline: no retries (a retried failure would hide an error from the smoke
-    validation) and no HTTP logging (the request carries the endpoint's token)."""
-    from azure.core import PipelineClient
-
-    return PipelineClient(uri, policies=[])
 
 
 def predictions_of(answer: str) -> list[Any]:
