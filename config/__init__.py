@@ -54,6 +54,9 @@ class CloudEndpoints:
     resource_manager: str
     key_vault_resource: str
     storage_suffix: str  # storage accounts' DNS suffix: <account>.dfs.<suffix>
+    # The classic service management endpoint: the audience of the management token Databricks takes from
+    # a service principal that is not yet a workspace user (X-Databricks-Azure-SP-Management-Token).
+    service_management: str
 
 
 CLOUDS = {
@@ -64,6 +67,7 @@ CLOUDS = {
         "https://management.azure.com",
         "https://vault.azure.net",
         "core.windows.net",
+        "https://management.core.windows.net/",
     ),
     "AzureUSGovernment": CloudEndpoints(
         "AzureUSGovernment",
@@ -72,6 +76,7 @@ CLOUDS = {
         "https://management.usgovcloudapi.net",
         "https://vault.usgovcloudapi.net",
         "core.usgovcloudapi.net",
+        "https://management.core.usgovcloudapi.net/",
     ),
     "AzureChinaCloud": CloudEndpoints(
         "AzureChinaCloud",
@@ -80,6 +85,7 @@ CLOUDS = {
         "https://management.chinacloudapi.cn",
         "https://vault.azure.cn",
         "core.chinacloudapi.cn",
+        "https://management.core.chinacloudapi.cn/",
     ),
 }
 # The AzureDatabricks first-party application, the same in every tenant: the audience of Entra ID

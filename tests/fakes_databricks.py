@@ -66,6 +66,9 @@ class FakeJobsApi:
 
     job_id: int = 4242
     token: str = "entra-token-for-tests"
+    # The caller is a service principal with a role on the workspace but not yet a workspace user: Databricks
+    # lets it in only with a token for Azure's service management endpoint beside its Databricks token.
+    management_token: str | None = "management-token-for-tests"
     workspace_resource_id: str = (
         "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg-churn-dev"
         "/providers/Microsoft.Databricks/workspaces/dbw-churn-dev"
@@ -136,6 +139,13 @@ class FakeJobsApi:
             return _reply(request, 401, {"error_code": "UNAUTHENTICATED", "message": "Invalid access token."})
         if request.headers.get("X-Databricks-Azure-Workspace-Resource-Id") != self.workspace_resource_id:
             return _reply(request, 403, {"error_code": "PERMISSION_DENIED", "message": "Wrong workspace."})
+        if self.management_token and request.headers.get("X-Databricks-Azure-SP-Management-Token") != (
+            self.management_token
+        ):
+            return _reply(request, 403, {
+                "error_code": "PERMISSION_DENIED",
+                "message": "The service principal is not a user of this workspace and sent no management token.",
+            })
         handler = {
             ("POST", "jobs/run-now"): self._run_now,
             ("GET", "jobs/runs/get"): self._get_run,

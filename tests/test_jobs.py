@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 from unittest.mock import create_autospec
 
 import pytest
@@ -23,10 +24,15 @@ TRAINED = {"run_id": "mlflow-run-1", "build": "20261126.3", "source": "repo@abc"
 RUNNING_THEN_SUCCEEDS = (Step("RUNNING"), Step("RUNNING"), Step("TERMINATED", "SUCCESS"))
 
 
-def entra_credential(token: str) -> DefaultAzureCredential:
-    """The azure-identity credential's shape, answering with a fixed token for the fake workspace."""
+def entra_credential(token: str, management: str = FakeJobsApi.management_token) -> DefaultAzureCredential:
+    """The azure-identity credential's shape: a fixed token for AzureDatabricks, another for Azure management."""
     credential = create_autospec(DefaultAzureCredential, instance=True)
-    credential.get_token.return_value = AccessToken(token, int(time.time()) + 3600)
+
+    def get_token(scope: str, **_: Any) -> AccessToken:
+        issued = management if scope.startswith("https://management.core.windows.net") else token
+        return AccessToken(issued, int(time.time()) + 3600)
+
+    credential.get_token.side_effect = get_token
     return credential
 
 
@@ -84,17 +90,32 @@ def test_every_request_carries_an_entra_token_for_azure_databricks_and_the_works
         and call["headers"]["X-Databricks-Azure-Workspace-Resource-Id"] == fake.workspace_resource_id
         for call in fake.requests
     )
-    # One token for the whole wait: it is reused until shortly before it expires.
-    credential.get_token.assert_called_once_with(f"{jobs.AZURE_DATABRICKS_APP_ID}/.default")
+    # One token of each for the whole wait: each is reused until shortly before it expires.
+    assert sorted(call.args[0] for call in credential.get_token.call_args_list) == [
+        f"{jobs.AZURE_DATABRICKS_APP_ID}/.default", "https://management.core.windows.net/.default"
+    ]
+
+
+def test_a_service_principal_that_is_not_a_workspace_user_gets_in_with_its_management_token(fake, local_config,
+                                                                                           outputs_file):
+    env = load_environment("dev", local_config)
+    client = jobs.workspace_client(env, load_outputs(env, outputs_file), entra_credential(fake.token))
+    jobs.run_training(client, fake.job_id, "b-1", "repo@abc", poll_seconds=0)
+    assert all(call["headers"]["X-Databricks-Azure-SP-Management-Token"] == fake.management_token
+               for call in fake.requests)
+    # Without it (what the kit sent before), the workspace refuses such a principal.
+    stripped = jobs.workspace_client(env, load_outputs(env, outputs_file), entra_credential(fake.token, "nothing"))
+    with pytest.raises(Exception, match="not a user of this workspace"):
+        jobs.run_training(stripped, fake.job_id, "b-2", "repo@abc", poll_seconds=0)
 
 
 def test_a_token_close_to_expiry_is_refreshed(fake):
-    credential = entra_credential(fake.token)
+    credential = create_autospec(DefaultAzureCredential, instance=True)
     credential.get_token.return_value = AccessToken(fake.token, int(time.time()) + 60)
     headers = jobs.EntraIdCredentials(credential, fake.workspace_resource_id)(None)
     headers()
     headers()
-    assert credential.get_token.call_count == 2
+    assert credential.get_token.call_count == 4  # both tokens, twice: each was within the refresh margin
 
 
 def test_a_wrong_token_is_refused_by_the_workspace(fake, local_config, outputs_file):

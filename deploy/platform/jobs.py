@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from config import AZURE_DATABRICKS_APP_ID, EnvConfig
+from config import AZURE_DATABRICKS_APP_ID, CLOUDS, EnvConfig
 from deploy.core.errors import DeployError, Refused
 from deploy.core.report import heartbeat, progress
 
@@ -55,16 +55,25 @@ class JobRun:
 class EntraIdCredentials:
     """A databricks-sdk credentials strategy backed by an azure-identity credential.
 
-    Every request carries an Entra ID token for the AzureDatabricks application and the
-    workspace's Azure resource id, which lets an identity with a role on the workspace in.
-    Tokens are reused until shortly before they expire (the Azure CLI credential would
-    otherwise start `az` for every poll).
+    Every request carries an Entra ID token for the AzureDatabricks application, the workspace's
+    Azure resource id, and a token for Azure's service management endpoint
+    (X-Databricks-Azure-SP-Management-Token). The last is how a service principal with a role on the
+    workspace, but not yet a user in it, gets in (the pipeline's identity before its first apply;
+    databricks-sdk's own Azure service-principal auth sends it too). Tokens are reused until shortly
+    before they expire (the Azure CLI credential would otherwise start `az` for every poll).
     """
 
-    def __init__(self, credential: TokenCredential, workspace_resource_id: str):
+    def __init__(
+        self, credential: TokenCredential, workspace_resource_id: str,
+        service_management: str = CLOUDS["AzureCloud"].service_management,
+    ):
         self._credential = credential
         self._workspace_resource_id = workspace_resource_id
-        self._token: AccessToken | None = None
+        self._scopes = {
+            "databricks": f"{AZURE_DATABRICKS_APP_ID}/.default",
+            "management": f"{service_management.rstrip('/')}/.default",
+        }
+        self._tokens: dict[str, AccessToken] = {}
         self._lock = threading.Lock()
 
     def auth_type(self) -> str:
@@ -73,17 +82,19 @@ class EntraIdCredentials:
     def __call__(self, cfg: Any) -> Callable[[], dict[str, str]]:
         def headers() -> dict[str, str]:
             return {
-                "Authorization": f"Bearer {self._access_token()}",
+                "Authorization": f"Bearer {self._access_token('databricks')}",
                 "X-Databricks-Azure-Workspace-Resource-Id": self._workspace_resource_id,
+                "X-Databricks-Azure-SP-Management-Token": self._access_token("management"),
             }
 
         return headers
 
-    def _access_token(self) -> str:
+    def _access_token(self, audience: str) -> str:
         with self._lock:
-            if self._token is None or self._token.expires_on - TOKEN_REFRESH_MARGIN_SECONDS < time.time():
-                self._token = self._credential.get_token(f"{AZURE_DATABRICKS_APP_ID}/.default")
-            return self._token.token
+            token = self._tokens.get(audience)
+            if token is None or token.expires_on - TOKEN_REFRESH_MARGIN_SECONDS < time.time():
+                token = self._tokens[audience] = self._credential.get_token(self._scopes[audience])
+            return token.token
 
 
 def workspace_client(
@@ -99,7 +110,9 @@ def workspace_client(
     return WorkspaceClient(
         host=outputs.databricks_host,
         azure_workspace_resource_id=outputs.databricks_workspace_id,
-        credentials_strategy=EntraIdCredentials(credential, outputs.databricks_workspace_id),
+        credentials_strategy=EntraIdCredentials(
+            credential, outputs.databricks_workspace_id, env.cloud.service_management
+        ),
     )
 
 
