@@ -103,6 +103,7 @@ class FakeAzure:
         self.role_assignments: list[dict[str, str]] = []  # {"principal", "role_guid", "scope"}
         self.replication_delay = 0.0  # seconds before a new password authenticates; math.inf: never
         self.faults: dict[str, int] = {}  # addPassword, removePassword, listPasswords, setSecret, roleAssignments
+        self.lost_answers: dict[str, int] = {}  # addPassword: applied, then answered 504 this many times
         self.write_lands_then_fails = False  # setSecret stores the version, then answers with an error
         self.requests: list[tuple[str, str]] = []
         self.issued_secrets: list[str] = []  # every secret text this fake ever handed out
@@ -238,6 +239,9 @@ class FakeAzure:
             requested = body["passwordCredential"]
             end = dt.datetime.fromisoformat(requested["endDateTime"].replace("Z", "+00:00"))
             created = self.add_password(requested.get("displayName", ""), dt.datetime.now(UTC), end)
+            if self.lost_answers.get("addPassword", 0) > 0:  # applied, but the answer never reaches the caller
+                self.lost_answers["addPassword"] -= 1
+                return 504, {"error": {"code": "GatewayTimeout", "message": "the gateway timed out"}}, {}
             return 200, created.as_graph(with_secret=True), {}
         if method == "POST" and action == "/removePassword":
             fault = self._fault("removePassword")

@@ -98,6 +98,20 @@ def old_password(fake: FakeAzure, started_days_ago: float, lifetime_days: float 
 # --- the whole flow ---------------------------------------------------------------------------------
 
 
+def test_an_add_password_whose_answer_was_lost_is_reconciled_not_repeated_blindly(world: World) -> None:
+    # Graph created the credential but the caller saw 504: its secret is lost. azure-core would retry the POST
+    # and leave an orphan; the rotation removes the orphan by its display name, then adds one it can use.
+    world.fake.lost_answers["addPassword"] = 1
+    outcome = world.rotate()
+
+    assert outcome.ok and outcome.steps["add_password"]["state"] == "done"
+    adds = [path for method, path in world.fake.requests if method == "POST" and path.endswith("/addPassword")]
+    removes = [path for method, path in world.fake.requests if method == "POST" and path.endswith("/removePassword")]
+    assert len(adds) == 2 and len(removes) == 1  # one lost, one kept; the lost one removed, nothing else
+    assert world.key_ids() == {world.previous.key_id, outcome.new_key_id}  # no orphan credential remains
+    assert world.assert_latest_version_authenticates()["value"] == world.fake.passwords[outcome.new_key_id].secret
+
+
 def test_rotation_stores_a_working_secret_and_keeps_the_previous_one_through_the_overlap(world: World) -> None:
     outcome = world.rotate()
 

@@ -17,12 +17,14 @@ enables body logging.
 
 from __future__ import annotations
 
+import secrets
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from azure.core import PipelineClient
-from azure.core.exceptions import HttpResponseError
+from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
 from azure.core.pipeline import policies
 from azure.core.rest import HttpRequest
 
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
 
 API_VERSION = "v1.0"
+ADD_PASSWORD_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ class GraphApplications:
     def __init__(self, graph_url: str, credential: TokenCredential, **client_kwargs: Any):
         """`client_kwargs` go to azure-core's configuration and transport, e.g. `connection_verify`."""
         self._base_url = f"{graph_url.rstrip('/')}/{API_VERSION}"
+        self._backoff = float(client_kwargs.get("retry_backoff_factor", 0.8))
         self._client: PipelineClient = PipelineClient(
             base_url=self._base_url,
             policies=[
@@ -79,10 +83,33 @@ class GraphApplications:
         )
 
     def add_password(self, application_id: str, display_name: str, end: datetime) -> NewPassword:
-        """`POST /applications/{id}/addPassword`; the returned secret text is shown by Graph only once."""
-        body = {"passwordCredential": {"displayName": display_name, "endDateTime": _graph_time(end)}}
-        created = self._send("POST", f"/applications/{application_id}/addPassword", body)
-        return NewPassword(credential=_credential(created), secret=created["secretText"])
+        """`POST /applications/{id}/addPassword`; the returned secret text is shown by Graph only once.
+
+        Never retried blindly: azure-core retries a POST answered 500, 503 or 504, and an addPassword
+        that succeeded before its answer was lost would leave a credential whose secret nobody has. Each
+        attempt carries a display name of its own; after a failure that may have been applied, the
+        credentials bearing that name are removed (their text is lost) before the next attempt."""
+        path = f"/applications/{application_id}/addPassword"
+        for attempt in range(1, ADD_PASSWORD_ATTEMPTS + 1):
+            attempt_name = f"{display_name} [{secrets.token_hex(4)}]"
+            body = {"passwordCredential": {"displayName": attempt_name, "endDateTime": _graph_time(end)}}
+            try:
+                created = self._send("POST", path, body, retry_total=0)
+            except (HttpResponseError, ServiceResponseError, ServiceRequestError) as error:
+                status = getattr(error, "status_code", None)
+                if (status is not None and status < 500 and status != 429) or attempt == ADD_PASSWORD_ATTEMPTS:
+                    raise
+                self._remove_named(application_id, attempt_name)
+                time.sleep(self._backoff * 2 ** (attempt - 1))
+                continue
+            return NewPassword(credential=_credential(created), secret=created["secretText"])
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _remove_named(self, application_id: str, display_name: str) -> None:
+        """Remove the credentials an unanswered addPassword may have created (found by their display name)."""
+        for credential in self.password_credentials(application_id):
+            if credential.display_name == display_name:
+                self.remove_password(application_id, credential.key_id)
 
     def remove_password(self, application_id: str, key_id: str) -> None:
         """`POST /applications/{id}/removePassword`: that secret stops authenticating."""
@@ -96,9 +123,10 @@ class GraphApplications:
     def close(self) -> None:
         self._client.close()
 
-    def _send(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    def _send(self, method: str, path: str, body: dict[str, Any] | None = None, **options: Any) -> dict[str, Any]:
+        """One Graph call; `options` go to the pipeline (e.g. retry_total=0 for this request only)."""
         request = HttpRequest(method, self._base_url + path, json=body)
-        response = self._client.send_request(request)
+        response = self._client.send_request(request, **options)
         if response.status_code >= 400:
             # Graph's {"error": {"code", "message"}} becomes the message; error bodies carry no secret.
             raise HttpResponseError(response=response)
