@@ -475,3 +475,16 @@ def test_rows_of_normalises_what_mlflow_accepts() -> None:
     assert router.rows_of("text/csv; charset=utf-8", b"a,b\n1,x\n2.5,\n") == [{"a": 1, "b": "x"}, {"a": 2.5, "b": ""}]
     assert router.rows_of("application/json", None) is None
     assert router.predictions_of(b'{"predictions": [1, 0]}') == [1, 0] and router.predictions_of(b"[1]") is None
+
+
+def test_the_router_keeps_up_with_the_state_file_between_requests(slot: Slot, deployment: Deployment) -> None:
+    """A switch no request has seen yet is still the one served after the file is damaged."""
+    second = Deployment()
+    try:
+        slot.route({"churn-v2": 100}, **{"churn-v1": ("1", deployment.port), "churn-v2": ("2", second.port)})
+        time.sleep(router.STATE_POLL_SECONDS * 2)
+        slot.state_file.write_text("garbage{")
+        reply = exchange(slot.port, post("/invocations", json.dumps(BODY).encode()))
+        assert (reply.status, reply.headers["azureml-model-deployment"]) == (200, "churn-v2")
+    finally:
+        second.stop()

@@ -74,6 +74,7 @@ import logging.handlers
 import os
 import random
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -87,10 +88,13 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from deploy.release.targets import slot_state
+
 MAX_BODY_BYTES = 8 * 1024 * 1024  # a request body; scoring requests are rows, batches go through Spark
 MAX_HEAD_BYTES = 16 * 1024  # request line and headers (h11's bound)
 READ_TIMEOUT_SECONDS = 30.0  # for a request's head, and again for its body
 UPSTREAM_TIMEOUT_SECONDS = 75.0  # per connect or read; MLflow's server gives up on a request after 60 s itself
+STATE_POLL_SECONDS = 1.0  # the state file is also looked at this often between requests
 UPSTREAM_THREADS = 32  # concurrent requests forwarded at once; more wait for a thread
 KEEP_ALIVE_SECONDS = 5  # an idle client connection is closed after this
 SHUTDOWN_SECONDS = 5  # on SIGTERM, in-flight requests get this long to finish
@@ -158,21 +162,35 @@ def error_body(code: str, message: str) -> bytes:
 
 
 class RoutingTable:
-    """The traffic shares of the slot's state file, re-read only when the file changed."""
+    """The traffic shares of the slot's state file, re-read only when the file changed.
+
+    It is looked at before every request (so a switch holds from the next request on) and every
+    STATE_POLL_SECONDS in between (so the table is current even if the file is damaged before the
+    next request comes)."""
 
     def __init__(self, state_file: Path):
         self.state_file = state_file
         self._seen: tuple[int, int, int] | None = None
         self._shares: list[tuple[Upstream, int]] = []
+        self._lock = threading.Lock()
 
     def choose(self) -> Upstream | None:
-        self._refresh()
-        if not self._shares:
+        self.refresh()
+        shares = self._shares
+        if not shares:
             return None
-        upstreams, weights = zip(*self._shares, strict=True)
+        upstreams, weights = zip(*shares, strict=True)
         return random.choices(upstreams, weights=weights)[0]  # noqa: S311 - a traffic split, not a secret
 
-    def _refresh(self) -> None:
+    def watch(self) -> None:
+        def poll() -> None:
+            while True:
+                time.sleep(STATE_POLL_SECONDS)
+                self.refresh()
+
+        threading.Thread(target=poll, name="state-watch", daemon=True).start()
+
+    def refresh(self) -> None:
         try:
             stat = os.stat(self.state_file)
         except OSError:
@@ -180,9 +198,14 @@ class RoutingTable:
         identity = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
         if identity == self._seen:
             return
+        with self._lock:
+            if identity != self._seen:
+                self._read(identity)
+
+    def _read(self, identity: tuple[int, int, int]) -> None:
         self._seen = identity
         try:
-            state = json.loads(self.state_file.read_text())
+            state = slot_state.checked(json.loads(self.state_file.read_text()), self.state_file.stem)
             deployments = state["deployments"]
             shares = [
                 (Upstream(name, deployments[name].get("version"), int(deployments[name]["port"])), int(share))
@@ -200,6 +223,7 @@ class Router:
     def __init__(self, state_file: Path, limits: Limits):
         self.slot = state_file.stem
         self.routes = RoutingTable(state_file)
+        self.routes.watch()
         self.limits = limits
         self.pool = ThreadPoolExecutor(UPSTREAM_THREADS, thread_name_prefix="upstream")
 
