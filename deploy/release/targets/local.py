@@ -578,7 +578,10 @@ def _stop(process: dict[str, Any] | None) -> bool:
             time.sleep(0.05)
         if not _group_alive(pid):
             break
-    _children.pop(pid, None)
+    child = _children.pop(pid, None)
+    if child is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(timeout=STOP_SECONDS)  # reap it: the group may have died as a zombie
     return True
 
 
