@@ -192,6 +192,18 @@ def test_a_recycled_pid_is_never_taken_for_ours(env: EnvConfig, imposters: None)
         stranger.wait()
 
 
+def test_moving_traffic_starts_the_router_again_if_it_died(env: EnvConfig, imposters: None) -> None:
+    target = LocalTarget(env)
+    serve(target, "stage", "1", "2")
+    router = recorded(env, "stage")[0]
+    os.killpg(router["pid"], signal.SIGKILL)
+    local._children.pop(router["pid"]).wait()
+    assert target.describe("stage").state == STOPPED
+    target.switch_traffic("stage", "churn-v1", previous=None)  # as a rollback does
+    assert target.describe("stage").state == SUCCEEDED and recorded(env, "stage")[0] != router
+    assert target.invoke_slot("stage", ROWS) == [7, 7]
+
+
 # --- logs of deleted deployments (item 9) ---------------------------------------------------------------
 
 

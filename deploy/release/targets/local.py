@@ -187,6 +187,8 @@ class LocalTarget(Target):
         state["traffic"] = {to: 100}
         state["previous"] = previous if previous in state["deployments"] and previous != to else None
         self._save(slot, state)
+        if not _running(state.get("router")):  # e.g. a rollback after a reboot: traffic needs its router
+            self.ensure_endpoint(slot)
 
     def delete_deployment(self, slot: str, name: str) -> None:
         state = self._load(slot)
@@ -213,8 +215,8 @@ class LocalTarget(Target):
             slot = path.stem
             try:
                 state = self._read(slot)
-            except DeployError as damaged:
-                progress(f"  {damaged}: stopping this slot's processes by their markers instead")
+            except DeployError:
+                progress(f"  {path} is damaged: this slot's processes are found by their markers; the file is removed")
                 continue
             for name, entry in (state or {}).get("deployments", {}).items():
                 if entry.get("process"):
