@@ -386,3 +386,57 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, required=True)
     arguments = parser.parse_args()
     serve_imposter(arguments.answer, arguments.port)
+
+
+# --- load on a slot's public URL ---------------------------------------------------------------------------
+
+
+class Load:
+    """Scoring requests sent one after another to a local slot's router on a thread, while the block runs.
+
+    `answers` holds (HTTP status, deployment that answered) per request, a connection error as status 0,
+    so a test can assert that no request failed while a release or a rollback moved the traffic.
+    """
+
+    def __init__(self, port: int, rows: pd.DataFrame, pause_seconds: float = 0.005):
+        import http.client
+
+        self.port, self.pause = port, pause_seconds
+        self.body = json.dumps({"dataframe_split": json.loads(rows.to_json(orient="split", index=False))})
+        self.answers: list[tuple[int, str | None]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._client = http.client
+
+    def __enter__(self) -> Load:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=120)
+
+    def failures(self) -> list[tuple[int, str | None]]:
+        return [answer for answer in self.answers if answer[0] != 200]
+
+    def served_by(self) -> list[str | None]:
+        """The deployments that answered, in order, each once per run of answers."""
+        runs: list[str | None] = []
+        for _, deployment in self.answers:
+            if not runs or runs[-1] != deployment:
+                runs.append(deployment)
+        return runs
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            connection = self._client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+            try:
+                connection.request("POST", "/invocations", body=self.body, headers={"Content-Type": "application/json"})
+                response = connection.getresponse()
+                response.read()
+                self.answers.append((response.status, response.getheader("azureml-model-deployment")))
+            except OSError:
+                self.answers.append((0, None))
+            finally:
+                connection.close()
+            self._stop.wait(self.pause)

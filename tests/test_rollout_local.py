@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from deploy.release.rollout import down, release, rollback, status
 from deploy.release.targets import local
 from deploy.release.targets.local import LocalTarget, score
 from tests.release_doubles import ServedBy
-from tests.rollout_fixtures import build_test_set, imposter_command, log_build, offline
+from tests.rollout_fixtures import Load, build_test_set, imposter_command, log_build, offline
 
 
 @pytest.fixture
@@ -243,8 +244,11 @@ def test_blue_green_lifecycle(env: EnvConfig, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.undo()
     assert [deployment.name for deployment in target.describe("stage").deployments] == ["churn-v1"]
 
-    # Blue/green: B takes the traffic, A stays running for rollback.
-    second = release(env, "stage", "B")
+    # Blue/green: B takes the traffic, A stays running for rollback; no request fails meanwhile.
+    with Load(env.local.port("stage"), rows.head(5)) as load:
+        second = release(env, "stage", "B")
+        time.sleep(0.5)  # answers from B too
+    assert load.failures() == [] and load.served_by() == ["churn-v1", "churn-v2"] and len(load.answers) > 50
     assert (second.version, second.previous) == ("2", "churn-v1")
     stage = target.describe("stage")
     assert stage.traffic == {"churn-v1": 0, "churn-v2": 100}
@@ -254,7 +258,11 @@ def test_blue_green_lifecycle(env: EnvConfig, monkeypatch: pytest.MonkeyPatch) -
     # Rollback: traffic and alias back to A at once (its server kept running); B is deleted, so a
     # repeated rollback is refused rather than bringing B back.
     b_process = slot_state(env, "stage")["deployments"]["churn-v2"]["process"]
-    back = rollback(env, "stage")
+    with Load(env.local.port("stage"), rows.head(5)) as load:
+        time.sleep(0.5)
+        back = rollback(env, "stage")  # B's server stops right after the switch
+        time.sleep(0.5)
+    assert load.failures() == [] and load.served_by() == ["churn-v2", "churn-v1"] and len(load.answers) > 10
     assert (back.deployment, back.version, back.rolled_back_from) == ("churn-v1", "1", "churn-v2")
     assert target.describe("stage").traffic == {"churn-v1": 100}
     assert target.describe("stage").previous is None
