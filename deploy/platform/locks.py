@@ -205,16 +205,19 @@ class _BlobLease:
         from azure.storage.blob import BlobLeaseClient
 
         lease = BlobLeaseClient(self.blob)
-        try:
-            lease.acquire(lease_duration=self._lease_seconds)
-        except ResourceNotFoundError:
-            with contextlib.suppress(ResourceExistsError, HttpResponseError):  # another caller created it first
-                self.blob.upload_blob(b"", overwrite=False)
-            return False  # try again at once on the next round
-        except HttpResponseError as exc:
-            if exc.status_code == 409:  # LeaseAlreadyPresent: someone holds it
-                return False
-            raise
+        for first_time in (True, False):
+            try:
+                lease.acquire(lease_duration=self._lease_seconds)
+                break
+            except ResourceNotFoundError:
+                if not first_time:
+                    raise
+                with contextlib.suppress(ResourceExistsError):  # another caller created it a moment ago
+                    self.blob.upload_blob(b"", overwrite=False)
+            except HttpResponseError as exc:
+                if exc.status_code == 409:  # LeaseAlreadyPresent: someone holds it
+                    return False
+                raise
         self.blob.set_blob_metadata({"holder": json.dumps(asdict(me))}, lease=lease)
         self._lease = lease
         self._stop.clear()
