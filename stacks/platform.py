@@ -25,6 +25,10 @@ from stacks.ml_workspace import MachineLearning
 from stacks.secrets import SecretStore
 from stacks.storage import ChurnDataStorage
 
+# The Terraform the pipeline installs (pipelines/templates/terraform.yml). A newer patch release of the same
+# line is accepted on a laptop; an older one, or another minor line, stops `terraform init`.
+TERRAFORM_VERSION = "1.14.9"
+
 
 class ChurnPlatformStack(TerraformStack):
     def __init__(self, scope: Construct, env: EnvConfig, *, source_root: Path = PROJECT_ROOT):
@@ -88,6 +92,10 @@ class ChurnPlatformStack(TerraformStack):
         databricks.publish_outputs(outputs)
 
     def _configure_terraform(self, env: EnvConfig) -> None:
+        self.add_override("terraform.required_version", f"~> {TERRAFORM_VERSION}")
+        # The prebuilt azurerm bindings declare the short source "azurerm", which Terraform reads as
+        # hashicorp/azurerm; spelled out like the other providers' sources.
+        self.add_override("terraform.required_providers.azurerm.source", "hashicorp/azurerm")
         AzurermProvider(
             self,
             "azurerm",

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from config import ConfigError, load_all, load_environment
 from deploy.platform.outputs import OUTPUT_NAMES
@@ -35,7 +36,7 @@ from stacks.databricks import (
     MissingSource,
     project_files,
 )
-from stacks.platform import ChurnPlatformStack
+from stacks.platform import TERRAFORM_VERSION, ChurnPlatformStack
 
 CUSTOM_DEV = """
 subscription_id = "00000000-0000-0000-0000-00000000abcd"
@@ -271,6 +272,19 @@ def test_databricks_provider_targets_this_workspace_with_entra_id(docs, key):
     host = local_value(doc, settings["host"])
     assert host == "https://" + ref("azurerm_databricks_workspace", workspace, "workspace_url")
     assert set(settings) == {"azure_workspace_resource_id", "host"}
+
+
+@ALL
+def test_terraform_version_is_the_pipelines_and_every_provider_source_is_fully_qualified(docs, key):
+    settings = docs[key]["terraform"]
+    pipeline_terraform = yaml.safe_load((PROJECT_ROOT / "pipelines/templates/terraform.yml").read_text())
+    (version,) = [p["default"] for p in pipeline_terraform["parameters"] if p["name"] == "version"]
+    assert version == TERRAFORM_VERSION
+    assert settings["required_version"] == f"~> {version}"
+    sources = {name: provider["source"] for name, provider in settings["required_providers"].items()}
+    assert sources == {
+        "azurerm": "hashicorp/azurerm", "azuread": "hashicorp/azuread", "databricks": "databricks/databricks"
+    }
 
 
 @pytest.mark.parametrize("key", ["dev", "prod"])
