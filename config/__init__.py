@@ -178,6 +178,7 @@ class EnvConfig:
     purge_protection: bool
     outputs_file: Path
     key_vault_allowed_ips: tuple[str, ...] = ()
+    register_resource_providers: bool = True
     role_assignments: tuple[RoleAssignment, ...] = ()
     federation: Federation | None = None
     state_backend: StateBackend | None = None
@@ -341,6 +342,7 @@ def _build(name: str, table: dict[str, Any]) -> EnvConfig:
         subscription_id=table.get("subscription_id"),
         purge_protection=table.get("purge_protection", True),
         key_vault_allowed_ips=tuple(table.get("key_vault_allowed_ips", ())),
+        register_resource_providers=table.get("register_resource_providers", True),
         outputs_file=PROJECT_ROOT / table.get("outputs_file", f"outputs/churn-{name}.json"),
         role_assignments=roles,
         federation=Federation(**table["federation"]) if "federation" in table else None,

@@ -25,6 +25,25 @@ from stacks.ml_workspace import MachineLearning
 from stacks.secrets import SecretStore
 from stacks.storage import ChurnDataStorage
 
+# The resource providers whose resources the stack (and what it creates) lives in. azurerm 5 registers
+# none by default, and an apply on a fresh subscription then stops with MissingSubscriptionRegistration.
+# Microsoft.Resources and Microsoft.Authorization are registered in every subscription.
+RESOURCE_PROVIDERS = (
+    "Microsoft.Storage",  # the data and ML storage accounts
+    "Microsoft.KeyVault",  # the ops and ML vaults
+    "Microsoft.ContainerRegistry",  # the ML workspace's registry
+    "Microsoft.OperationalInsights",  # the Log Analytics workspace
+    "microsoft.insights",  # Application Insights, diagnostic settings (ARM spells this namespace in lower case)
+    "Microsoft.AlertsManagement",  # the Failure Anomalies smart detector rule Application Insights creates
+    "Microsoft.MachineLearningServices",  # the ML workspace and the online endpoints `release` creates
+    "Microsoft.Databricks",  # the workspace
+    # In the workspace's managed resource group: the cluster VMs, their VNet, and its managed identity
+    # (Databricks documents ManagedIdentity as a prerequisite of creating a workspace).
+    "Microsoft.Compute",
+    "Microsoft.Network",
+    "Microsoft.ManagedIdentity",
+)
+
 # The Terraform the pipeline installs (pipelines/templates/terraform.yml). A newer patch release of the same
 # line is accepted on a laptop; an older one, or another minor line, stops `terraform init`.
 TERRAFORM_VERSION = "1.14.9"
@@ -110,6 +129,9 @@ class ChurnPlatformStack(TerraformStack):
                     ]
                 )
             ],
+            # Exactly the stack's providers, never a whole preset; none where an administrator registered them.
+            resource_provider_registrations="none",
+            resource_providers_to_register=list(RESOURCE_PROVIDERS) if env.register_resource_providers else None,
             subscription_id=env.subscription_id,  # unset: ARM_SUBSCRIPTION_ID at plan time
             environment=env.terraform_environment,
             storage_use_azuread=True,  # the accounts have shared keys off

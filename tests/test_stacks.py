@@ -36,7 +36,7 @@ from stacks.databricks import (
     MissingSource,
     project_files,
 )
-from stacks.platform import TERRAFORM_VERSION, ChurnPlatformStack
+from stacks.platform import RESOURCE_PROVIDERS, TERRAFORM_VERSION, ChurnPlatformStack
 
 CUSTOM_DEV = """
 subscription_id = "00000000-0000-0000-0000-00000000abcd"
@@ -51,6 +51,7 @@ role_assignments = [
 federation = { issuer = "https://vstoken.dev.azure.com/0000-org", subject = "sc://contoso/churn/churn-dev" }
 state_backend = { resource_group = "rg-tfstate", storage_account = "sttfstate001", container = "tfstate" }
 key_vault_allowed_ips = ["203.0.113.0/28"]
+register_resource_providers = false
 
 [environments.dev.training]
 job_timeout_minutes = 45
@@ -261,6 +262,54 @@ def test_azurerm_provider_uses_entra_id_for_storage_and_the_configured_subscript
     settings = docs[key]["provider"]["azurerm"][0]
     assert settings.get("subscription_id") == env.subscription_id  # None: ARM_SUBSCRIPTION_ID at plan time
     assert docs[key]["provider"]["azuread"] == [{"environment": "public"}]
+
+
+# Where each azurerm resource type lives; a type the stack starts using must be added here (and, if its
+# namespace is new, to RESOURCE_PROVIDERS and the runbook).
+TYPE_NAMESPACE = {
+    "azurerm_resource_group": "Microsoft.Resources",
+    "azurerm_role_assignment": "Microsoft.Authorization",
+    "azurerm_storage_account": "Microsoft.Storage",
+    "azurerm_storage_container": "Microsoft.Storage",
+    "azurerm_key_vault": "Microsoft.KeyVault",
+    "azurerm_container_registry": "Microsoft.ContainerRegistry",
+    "azurerm_log_analytics_workspace": "Microsoft.OperationalInsights",
+    "azurerm_application_insights": "microsoft.insights",
+    "azurerm_monitor_diagnostic_setting": "microsoft.insights",
+    "azurerm_monitor_action_group": "microsoft.insights",
+    "azurerm_monitor_scheduled_query_rules_alert_v2": "microsoft.insights",
+    "azurerm_machine_learning_workspace": "Microsoft.MachineLearningServices",
+    "azurerm_databricks_workspace": "Microsoft.Databricks",
+}
+ALWAYS_REGISTERED = {"Microsoft.Resources", "Microsoft.Authorization"}
+# Namespaces no resource of the stack names, and the resource that needs them.
+INDIRECT_NAMESPACES = {
+    "Microsoft.AlertsManagement": "azurerm_application_insights",  # its generated Failure Anomalies rule
+    "Microsoft.Compute": "azurerm_databricks_workspace",  # cluster VMs in the managed resource group
+    "Microsoft.Network": "azurerm_databricks_workspace",  # the managed VNet
+    "Microsoft.ManagedIdentity": "azurerm_databricks_workspace",  # a documented prerequisite
+}
+
+
+@pytest.mark.parametrize("key", ["dev", "prod"])
+def test_azurerm_registers_exactly_the_resource_providers_the_stack_uses(docs, key):
+    (settings,) = docs[key]["provider"]["azurerm"]
+    assert settings["resource_provider_registrations"] == "none"  # no preset: exactly the list below
+    registered = settings["resource_providers_to_register"]
+    assert registered == list(RESOURCE_PROVIDERS) and len(set(registered)) == len(registered)
+    kinds = [kind for kind in docs[key]["resource"] if kind.startswith("azurerm_")]
+    unknown = [kind for kind in kinds if kind not in TYPE_NAMESPACE]
+    assert unknown == [], "add these resource types to TYPE_NAMESPACE (and their namespace, if new, to the stack)"
+    used = {TYPE_NAMESPACE[kind] for kind in kinds} - ALWAYS_REGISTERED
+    assert set(registered) == used | set(INDIRECT_NAMESPACES)
+    assert set(INDIRECT_NAMESPACES.values()) <= set(kinds)
+
+
+def test_no_registration_when_an_administrator_registered_the_providers(docs, envs):
+    assert envs["custom"].register_resource_providers is False
+    (settings,) = docs["custom"]["provider"]["azurerm"]
+    assert settings["resource_provider_registrations"] == "none"
+    assert "resource_providers_to_register" not in settings
 
 
 @ALL
