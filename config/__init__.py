@@ -195,6 +195,11 @@ class EnvConfig:
         return self.kind == "local"
 
     @property
+    def disposable(self) -> bool:
+        """Torn down and re-created (dev): no purge protection, so `destroy` purges and clears everything."""
+        return not self.purge_protection
+
+    @property
     def stack_name(self) -> str:
         return f"churn-{self.name}"
 

@@ -114,7 +114,9 @@ class DatabricksPlatform(Construct):
         self._file_from_content(f"outputs/{stack}.json", Fn.base64encode(Fn.jsonencode({stack: dict(outputs)})))
 
     def _upload_project(self) -> None:
-        self.directory = Directory(self, "project_directory", path=WORKSPACE_ROOT)
+        # Recursive: the provider creates the sub-folders (notebooks/, deploy/core/, ...) implicitly and does not
+        # track them, so a plain delete stops with DIRECTORY_NOT_EMPTY. The folder holds only what the stack uploads.
+        self.directory = Directory(self, "project_directory", path=WORKSPACE_ROOT, delete_recursive=True)
         self.notebooks = {
             name: Notebook(
                 self, f"notebook_{name}", path=f"{WORKSPACE_ROOT}/notebooks/{name}", language="PYTHON",

@@ -12,7 +12,11 @@ from cdktn_provider_azurerm.data_azurerm_client_config import DataAzurermClientC
 from cdktn_provider_azurerm.provider import (
     AzurermProvider,
     AzurermProviderFeatures,
+    AzurermProviderFeaturesDatabricksWorkspace,
     AzurermProviderFeaturesKeyVault,
+    AzurermProviderFeaturesLogAnalyticsWorkspace,
+    AzurermProviderFeaturesMachineLearning,
+    AzurermProviderFeaturesResourceGroup,
 )
 from cdktn_provider_azurerm.resource_group import ResourceGroup
 from cdktn_provider_azurerm.role_assignment import RoleAssignment
@@ -118,17 +122,7 @@ class ChurnPlatformStack(TerraformStack):
         AzurermProvider(
             self,
             "azurerm",
-            features=[
-                AzurermProviderFeatures(
-                    key_vault=[
-                        AzurermProviderFeaturesKeyVault(
-                            # A purge-protected vault cannot be purged; dev's can, so its name is free again.
-                            purge_soft_delete_on_destroy=not env.purge_protection,
-                            recover_soft_deleted_key_vaults=True,
-                        )
-                    ]
-                )
-            ],
+            features=[self._destroy_behaviour(env)],
             # Exactly the stack's providers, never a whole preset; none where an administrator registered them.
             resource_provider_registrations="none",
             resource_providers_to_register=list(RESOURCE_PROVIDERS) if env.register_resource_providers else None,
@@ -150,3 +144,30 @@ class ChurnPlatformStack(TerraformStack):
             )
         else:
             LocalBackend(self)  # terraform.churn-<env>.tfstate beside cdktf.json, cdktn's default place
+
+    @staticmethod
+    def _destroy_behaviour(env: EnvConfig) -> AzurermProviderFeatures:
+        """What `destroy` leaves behind. A disposable environment (dev) leaves nothing, so `cdktn deploy` can
+        re-create it under the same names at once; any other keeps Azure's safety nets."""
+        disposable = env.disposable
+        return AzurermProviderFeatures(
+            key_vault=[
+                AzurermProviderFeaturesKeyVault(
+                    # A purge-protected vault cannot be purged; a disposable one is, so its name is free again.
+                    purge_soft_delete_on_destroy=disposable,
+                    recover_soft_deleted_key_vaults=True,
+                )
+            ],
+            # Application Insights adds a "Smart Detection" action group and a Failure Anomalies rule that
+            # Terraform does not manage; they would keep the group from being deleted.
+            resource_group=[
+                AzurermProviderFeaturesResourceGroup(prevent_deletion_if_contains_resources=not disposable)
+            ],
+            # An ML workspace stays soft-deleted for 14 days, and its name cannot be reused until it is purged.
+            machine_learning=[AzurermProviderFeaturesMachineLearning(purge_soft_deleted_workspace_on_destroy=disposable)],
+            log_analytics_workspace=[
+                AzurermProviderFeaturesLogAnalyticsWorkspace(permanently_delete_on_destroy=disposable)
+            ],
+            # The managed resource group holds the workspace's Unity Catalog storage, which would stop its deletion.
+            databricks_workspace=[AzurermProviderFeaturesDatabricksWorkspace(force_delete=disposable)],
+        )

@@ -256,12 +256,35 @@ def test_prod_and_dev_share_no_globally_unique_name(docs):
 @ALL
 def test_azurerm_provider_uses_entra_id_for_storage_and_the_configured_subscription(synthesized, docs, envs, key):
     text, env = synthesized[key][1], envs[key]
-    expected = {"environment": "public", "storage_use_azuread": True, "features": [{"key_vault": [{
-        "purge_soft_delete_on_destroy": not env.purge_protection, "recover_soft_deleted_key_vaults": True}]}]}
+    expected = {"environment": "public", "storage_use_azuread": True}
     assert CdkTesting.to_have_provider_with_properties(text, "azurerm", expected)
     settings = docs[key]["provider"]["azurerm"][0]
     assert settings.get("subscription_id") == env.subscription_id  # None: ARM_SUBSCRIPTION_ID at plan time
     assert docs[key]["provider"]["azuread"] == [{"environment": "public"}]
+
+
+@ALL
+def test_destroy_leaves_nothing_behind_in_dev_and_keeps_the_safety_nets_in_prod(docs, envs, key):
+    """`cdktn destroy churn-dev` then `cdktn deploy churn-dev` must work; prod keeps its protections."""
+    disposable = envs[key].disposable
+    assert disposable is (key != "prod")
+    (settings,) = docs[key]["provider"]["azurerm"]
+    assert settings["features"] == [{
+        "key_vault": [{"purge_soft_delete_on_destroy": disposable, "recover_soft_deleted_key_vaults": True}],
+        "resource_group": [{"prevent_deletion_if_contains_resources": not disposable}],
+        "machine_learning": [{"purge_soft_deleted_workspace_on_destroy": disposable}],
+        "log_analytics_workspace": [{"permanently_delete_on_destroy": disposable}],
+        "databricks_workspace": [{"force_delete": disposable}],
+    }]
+    # Purge only where purge protection is off: a purge-protected vault refuses it.
+    for vault in of_type(docs[key], "azurerm_key_vault").values():
+        assert vault["purge_protection_enabled"] is not disposable
+
+
+@ALL
+def test_the_project_directory_is_deleted_with_the_folders_the_provider_created(docs, key):
+    _, directory = one(docs[key], "databricks_directory", path=WORKSPACE_ROOT)
+    assert directory["delete_recursive"] is True
 
 
 # Where each azurerm resource type lives; a type the stack starts using must be added here (and, if its
