@@ -62,7 +62,7 @@ class ChurnPlatformStack(TerraformStack):
         resource_group = ResourceGroup(
             self, "group", name=env.names.resource_group, location=env.location, tags=env.tags
         )
-        identity = AutomationIdentity(self, "automation", env=env, owner_object_id=client.object_id)
+        identity = AutomationIdentity(self, "automation", env=env, deployer_object_id=client.object_id)
         ml = MachineLearning(self, "ml", env=env, resource_group=resource_group, tenant_id=client.tenant_id)
         logs = ml.log_analytics.id
         secrets = SecretStore(

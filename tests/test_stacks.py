@@ -52,6 +52,7 @@ federation = { issuer = "https://vstoken.dev.azure.com/0000-org", subject = "sc:
 state_backend = { resource_group = "rg-tfstate", storage_account = "sttfstate001", container = "tfstate" }
 key_vault_allowed_ips = ["203.0.113.0/28"]
 register_resource_providers = false
+application_owners = ["0A0A0A0A-0000-4000-8000-00000000000A", "0b0b0b0b-0000-4000-8000-00000000000b"]
 
 [environments.dev.training]
 job_timeout_minutes = 45
@@ -379,16 +380,41 @@ def test_state_backend_is_azurerm_with_entra_id_when_configured(docs):
 # --- identity -----------------------------------------------------------------------------------
 
 
-@ALL
-def test_automation_identity_is_owned_by_the_deploying_principal(docs, key):
+@pytest.mark.parametrize("key", ["dev", "prod"])
+def test_automation_identity_is_owned_by_the_deploying_principal_by_default(docs, key):
     doc = docs[key]
     deployer = ref("data.azurerm_client_config", "client", "object_id")
     app_id, app = one(doc, "azuread_application")
     assert app["owners"] == [deployer]
     assert app["sign_in_audience"] == "AzureADMyOrg"
+    assert "lifecycle" not in app
     _, principal = one(doc, "azuread_service_principal")
     assert principal["client_id"] == ref("azuread_application", app_id, "client_id")
     assert principal["owners"] == [deployer]
+
+
+def test_configured_owners_do_not_follow_whoever_runs_apply(docs, envs):
+    """The pipeline's principal taking over from the first deployer must not be an owner change, which
+    Application.ReadWrite.OwnedBy cannot make."""
+    doc = docs["custom"]
+    owners = ["0a0a0a0a-0000-4000-8000-00000000000a", "0b0b0b0b-0000-4000-8000-00000000000b"]
+    assert list(envs["custom"].application_owners) == owners  # stored in lower case
+    _, app = one(doc, "azuread_application")
+    _, principal = one(doc, "azuread_service_principal")
+    assert app["owners"] == principal["owners"] == owners
+    assert not any("client_config" in owner for owner in app["owners"])
+    # Whoever runs apply must be one of them, or the plan stops with one clear line (not a Graph 403 mid-apply).
+    (check,) = app["lifecycle"]["precondition"]
+    assert check["condition"] == f"${{contains({json.dumps(owners)}, data.azurerm_client_config.client.object_id)}}"
+    assert "is not in application_owners of environment 'dev'" in check["error_message"]
+
+
+def test_an_owner_that_is_not_an_object_id_is_a_config_error(write_config):
+    text = SHIPPED_CONFIG.read_text().replace(
+        'purge_protection = false', 'purge_protection = false\napplication_owners = ["me@contoso.com"]', 1
+    )
+    with pytest.raises(ConfigError, match=r"environment 'dev' key 'application_owners\.0': 'me@contoso\.com' does not"):
+        load_environment("dev", write_config(text))
 
 
 @pytest.mark.parametrize("key", ["dev", "prod"])
