@@ -179,6 +179,7 @@ class EnvConfig:
     outputs_file: Path
     key_vault_allowed_ips: tuple[str, ...] = ()
     register_resource_providers: bool = True
+    existing_resource_group: str | None = None  # pre-created; the stack looks it up instead of creating it
     application_owners: tuple[str, ...] = ()  # object ids, lower case; empty: whoever runs apply
     role_assignments: tuple[RoleAssignment, ...] = ()
     federation: Federation | None = None
@@ -349,6 +350,7 @@ def _build(name: str, table: dict[str, Any]) -> EnvConfig:
         purge_protection=table.get("purge_protection", True),
         key_vault_allowed_ips=tuple(table.get("key_vault_allowed_ips", ())),
         register_resource_providers=table.get("register_resource_providers", True),
+        existing_resource_group=table.get("existing_resource_group"),
         application_owners=tuple(owner.lower() for owner in table.get("application_owners", ())),
         outputs_file=PROJECT_ROOT / table.get("outputs_file", f"outputs/churn-{name}.json"),
         role_assignments=roles,

@@ -19,7 +19,6 @@ from pathlib import Path
 from cdktn import Fn, TerraformLocal
 from cdktn_provider_azurerm.databricks_workspace import DatabricksWorkspace
 from cdktn_provider_azurerm.key_vault import KeyVault
-from cdktn_provider_azurerm.resource_group import ResourceGroup
 from cdktn_provider_azurerm.role_assignment import RoleAssignment
 from cdktn_provider_databricks.data_databricks_node_type import DataDatabricksNodeType
 from cdktn_provider_databricks.data_databricks_spark_version import DataDatabricksSparkVersion
@@ -45,6 +44,7 @@ from cdktn_provider_databricks.workspace_file import WorkspaceFile
 from constructs import Construct
 
 from config import EnvConfig
+from stacks.resource_group import ResourceGroupLike
 
 WORKSPACE_ROOT = "/Shared/churn-mlops"
 # The scope notebooks read the automation identity's secret from: dbutils.secrets.get(SECRET_SCOPE, <secret name>).
@@ -64,7 +64,7 @@ class MissingSource(Exception):
 
 class DatabricksPlatform(Construct):
     def __init__(
-        self, scope: Construct, id_: str, *, env: EnvConfig, resource_group: ResourceGroup, vault: KeyVault,
+        self, scope: Construct, id_: str, *, env: EnvConfig, resource_group: ResourceGroupLike, vault: KeyVault,
         automation_client_id: str, source_root: Path, vault_access: RoleAssignment,
     ):
         """`vault_access`: the AzureDatabricks app's role on `vault`, which the secret scope needs to work."""

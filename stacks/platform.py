@@ -18,7 +18,6 @@ from cdktn_provider_azurerm.provider import (
     AzurermProviderFeaturesMachineLearning,
     AzurermProviderFeaturesResourceGroup,
 )
-from cdktn_provider_azurerm.resource_group import ResourceGroup
 from cdktn_provider_azurerm.role_assignment import RoleAssignment
 from constructs import Construct
 
@@ -26,6 +25,7 @@ from config import PROJECT_ROOT, EnvConfig
 from stacks.databricks import DatabricksPlatform
 from stacks.identity import AutomationIdentity
 from stacks.ml_workspace import MachineLearning
+from stacks.resource_group import environment_resource_group
 from stacks.secrets import SecretStore
 from stacks.storage import ChurnDataStorage
 
@@ -59,9 +59,7 @@ class ChurnPlatformStack(TerraformStack):
         super().__init__(scope, env.stack_name)
         self._configure_terraform(env)
         client = DataAzurermClientConfig(self, "client")  # the deploying principal
-        resource_group = ResourceGroup(
-            self, "group", name=env.names.resource_group, location=env.location, tags=env.tags
-        )
+        resource_group = environment_resource_group(self, env)
         identity = AutomationIdentity(self, "automation", env=env, deployer_object_id=client.object_id)
         ml = MachineLearning(self, "ml", env=env, resource_group=resource_group, tenant_id=client.tenant_id)
         logs = ml.log_analytics.id

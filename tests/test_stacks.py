@@ -2,9 +2,11 @@
 
 Each environment is synthesized once per module (synthesis costs about a second, the provider imports
 several more). Besides the shipped dev and prod, a "custom" dev environment turns on every optional
-feature: federation, an azurerm state backend, a subscription id, every symbolic role scope and a
-non-default job timeout. Terraform itself cannot run here (no provider downloads), so these tests check
-the synthesized JSON, the contract Terraform would receive.
+feature: federation, an azurerm state backend, a subscription id, every symbolic role scope, a
+non-default job timeout, configured application owners, and the set-up of a principal whose rights end
+at a pre-created resource group (an existing group, no provider registration). Terraform itself cannot
+run here (no provider downloads), so these tests check the synthesized JSON, the contract Terraform
+would receive; tests/test_provider_schema.py checks it against the providers' own schemas.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ federation = { issuer = "https://vstoken.dev.azure.com/0000-org", subject = "sc:
 state_backend = { resource_group = "rg-tfstate", storage_account = "sttfstate001", container = "tfstate" }
 key_vault_allowed_ips = ["203.0.113.0/28"]
 register_resource_providers = false
+existing_resource_group = "rg-platform-churn-dev"
 application_owners = ["0A0A0A0A-0000-4000-8000-00000000000A", "0b0b0b0b-0000-4000-8000-00000000000b"]
 
 [environments.dev.training]
@@ -154,6 +157,13 @@ def local_value(doc: dict[str, Any], expression: str) -> str:
     return doc["locals"][name.group(1)]
 
 
+def group_reference(doc: dict[str, Any], attribute: str) -> str:
+    """`${...}` of the environment's resource group: the stack's own, or the existing one it looked up."""
+    if "azurerm_resource_group" in doc["resource"]:
+        return ref("azurerm_resource_group", one(doc, "azurerm_resource_group")[0], attribute)
+    return ref("data.azurerm_resource_group", one(doc, "azurerm_resource_group", block="data")[0], attribute)
+
+
 def ops_vault(doc: dict[str, Any], env: Any) -> str:
     return one(doc, "azurerm_key_vault", name=env.names.key_vault)[0]
 
@@ -223,12 +233,35 @@ def test_no_password_or_token_anywhere(docs, key):
             assert not {"token", "password", "client_secret", "access_key", "sas_token"} & set(settings)
 
 
+@pytest.mark.parametrize("key", ["dev", "prod"])
+def test_the_stack_creates_its_resource_group_by_default(docs, envs, key):
+    names = envs[key].names
+    assert CdkTesting.to_have_resource_with_properties(
+        json.dumps(docs[key]), "azurerm_resource_group", {"name": names.resource_group, "location": envs[key].location}
+    )
+    assert "azurerm_resource_group" not in docs[key].get("data", {})
+
+
+def test_an_existing_resource_group_is_looked_up_never_created(docs, envs):
+    """A principal whose rights end at a pre-created group can deploy: nothing asks to create or import it."""
+    doc, env = docs["custom"], envs["custom"]
+    assert "azurerm_resource_group" not in doc["resource"]
+    group_id, group = one(doc, "azurerm_resource_group", block="data")
+    assert group["name"] == env.existing_resource_group == "rg-platform-churn-dev"
+    # Resources land in the group's region, while the MLflow URI names the configured one: the plan checks both agree.
+    (check,) = group["lifecycle"]["postcondition"]
+    assert check["condition"] == '${self.location == "westeurope"}'
+    assert "is in ${self.location}; expected westeurope" in check["error_message"]
+    for kind in ("azurerm_key_vault", "azurerm_storage_account", "azurerm_databricks_workspace"):
+        for attrs in of_type(doc, kind).values():
+            assert attrs["resource_group_name"] == ref("data.azurerm_resource_group", group_id, "name")
+            assert attrs["location"] == ref("data.azurerm_resource_group", group_id, "location")
+    assert doc["output"]["resource_group"]["value"] == ref("data.azurerm_resource_group", group_id, "name")
+
+
 @ALL
 def test_every_azure_name_comes_from_the_environments_names(docs, envs, key):
     doc, names = docs[key], envs[key].names
-    assert CdkTesting.to_have_resource_with_properties(
-        json.dumps(doc), "azurerm_resource_group", {"name": names.resource_group, "location": envs[key].location}
-    )
     assert {a["name"] for a in of_type(doc, "azurerm_storage_account").values()} == {
         names.data_storage_account, names.ml_storage_account
     }
@@ -436,7 +469,7 @@ def test_role_assignments_resolve_to_this_environments_resources(docs, envs, key
     doc, env = docs[key], envs[key]
     principal = ref("azuread_service_principal", one(doc, "azuread_service_principal")[0], "object_id")
     expected_scope = {
-        "resource_group": ref("azurerm_resource_group", one(doc, "azurerm_resource_group")[0], "id"),
+        "resource_group": group_reference(doc, "id"),
         "ml_workspace": ref(
             "azurerm_machine_learning_workspace", one(doc, "azurerm_machine_learning_workspace")[0], "id"
         ),
