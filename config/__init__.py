@@ -150,6 +150,12 @@ class SecretPolicy:
 
 
 @dataclass(frozen=True)
+class DatabricksSettings:
+    # Pinned, never "latest LTS": the 15.4 LTS ML line runs Spark 3.5 and Python 3.11, as the local pyspark does.
+    spark_version: str = "15.4.x-cpu-ml-scala2.12"
+
+
+@dataclass(frozen=True)
 class Training:
     job_timeout_minutes: int = 60
 
@@ -189,6 +195,7 @@ class EnvConfig:
     serving: Serving = field(default_factory=Serving)
     secret: SecretPolicy = field(default_factory=SecretPolicy)
     training: Training = field(default_factory=Training)
+    databricks: DatabricksSettings = field(default_factory=DatabricksSettings)
     local: LocalSettings = field(default_factory=LocalSettings)
     names: naming.Names | None = None
 
@@ -308,6 +315,7 @@ def _build(name: str, table: dict[str, Any]) -> EnvConfig:
         serving=Serving(**table.get("serving", {})),
         secret=SecretPolicy(**table.get("secret", {})),
         training=Training(**table.get("training", {})),
+        databricks=DatabricksSettings(**table.get("databricks", {})),
     )
     if kind == "local":
         local = dict(table.get("local", {}))

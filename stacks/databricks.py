@@ -21,7 +21,6 @@ from cdktn_provider_azurerm.databricks_workspace import DatabricksWorkspace
 from cdktn_provider_azurerm.key_vault import KeyVault
 from cdktn_provider_azurerm.role_assignment import RoleAssignment
 from cdktn_provider_databricks.data_databricks_node_type import DataDatabricksNodeType
-from cdktn_provider_databricks.data_databricks_spark_version import DataDatabricksSparkVersion
 from cdktn_provider_databricks.directory import Directory
 from cdktn_provider_databricks.job import (
     Job,
@@ -52,9 +51,13 @@ SECRET_SCOPE = "churn"  # noqa: S105 - a scope name, not a secret
 NOTEBOOKS = ("train_churn", "deploy_churn")
 PROJECT_PACKAGES = ("config", "deploy")
 PROJECT_DATA_FILES = ("config/environments.toml", "config/schema.json")
-# What the notebooks import beyond the Databricks ML runtime, pinned to the versions in Pipfile.lock.
-TRAIN_LIBRARIES = ("mlflow", "azureml-mlflow", "azure-identity", "azure-storage-file-datalake")
-DEPLOY_LIBRARIES = ("mlflow", "azureml-mlflow", "azure-identity", "azure-ai-ml")
+# The model's own libraries, in every job at the versions in Pipfile.lock, so the model is trained, scored and
+# judged with the scikit-learn the release machine loads it with (the runtime's own are older). skops and
+# cloudpickle serialize it; pyarrow carries pandas data through Spark and must be built for the locked numpy.
+MODEL_LIBRARIES = ("scikit-learn", "numpy", "pandas", "scipy", "skops", "cloudpickle", "pyarrow")
+# What each notebook imports beyond them, pinned the same way.
+TRAIN_LIBRARIES = ("mlflow", "azureml-mlflow", "azure-identity", "azure-storage-file-datalake", *MODEL_LIBRARIES)
+DEPLOY_LIBRARIES = ("mlflow", "azureml-mlflow", "azure-identity", "azure-ai-ml", *MODEL_LIBRARIES)
 JOB_CLUSTER = "single_node"
 
 
@@ -95,10 +98,7 @@ class DatabricksPlatform(Construct):
             self, "automation_reads_scope", scope=self.scope.name, principal=self.automation_id, permission="READ"
         )
         self._upload_project()
-        # Looked up once the workspace exists: on the first deploy these data sources wait for it.
-        self.runtime = DataDatabricksSparkVersion(
-            self, "lts_ml_runtime", long_term_support=True, ml=True, depends_on=[self.workspace]
-        )
+        # Looked up once the workspace exists: on the first deploy this data source waits for it.
         self.node_type = DataDatabricksNodeType(self, "smallest_node", local_disk=True, depends_on=[self.workspace])
         self._locked = locked_versions(source_root)
         self.train_job = self._job(
@@ -147,6 +147,13 @@ class DatabricksPlatform(Construct):
         except FileNotFoundError:
             raise MissingSource(f"{path} not found; expected it in the repository (the workspace upload)") from None
 
+    def _pinned(self, name: str) -> str:
+        """`name==<locked version>`; a library the lock does not hold would install whatever is newest."""
+        version = self._locked.get(name)
+        if not version:
+            raise MissingSource(f"{name} is not in Pipfile.lock's default packages; expected every job library locked")
+        return f"{name}{version}"
+
     def _job(self, key: str, parameters: dict[str, str], libraries: tuple[str, ...]) -> Job:
         job = Job(
             self,
@@ -156,7 +163,8 @@ class DatabricksPlatform(Construct):
                 JobJobCluster(
                     job_cluster_key=JOB_CLUSTER,
                     new_cluster=JobJobClusterNewCluster(
-                        spark_version=self.runtime.id, node_type_id=self.node_type.id, num_workers=0,
+                        spark_version=self._env.databricks.spark_version, node_type_id=self.node_type.id,
+                        num_workers=0,
                         data_security_mode="SINGLE_USER",
                         spark_conf={"spark.databricks.cluster.profile": "singleNode", "spark.master": "local[*]"},
                         custom_tags={"ResourceClass": "SingleNode"},
@@ -171,10 +179,7 @@ class DatabricksPlatform(Construct):
                         notebook_path=self.notebooks[f"{key}_churn"].path, base_parameters=parameters,
                         source="WORKSPACE",
                     ),
-                    library=[
-                        JobTaskLibrary(pypi=JobTaskLibraryPypi(package=f"{name}{self._locked.get(name, '')}"))
-                        for name in libraries
-                    ],
+                    library=[JobTaskLibrary(pypi=JobTaskLibraryPypi(package=self._pinned(name))) for name in libraries],
                 )
             ],
             run_as=JobRunAs(service_principal_name=self.automation_id),

@@ -32,6 +32,7 @@ from cdktn import Testing as CdkTesting
 from config import AZURE_DATABRICKS_APP_ID
 from stacks import summary
 from stacks.databricks import (
+    MODEL_LIBRARIES,
     NOTEBOOKS,
     SECRET_SCOPE,
     WORKSPACE_ROOT,
@@ -59,6 +60,9 @@ application_owners = ["0A0A0A0A-0000-4000-8000-00000000000A", "0b0b0b0b-0000-400
 
 [environments.dev.training]
 job_timeout_minutes = 45
+
+[environments.dev.databricks]
+spark_version = "15.4.x-gpu-ml-scala2.12"
 """
 SCOPE_TYPES = {
     "resource_group": "azurerm_resource_group",
@@ -652,10 +656,8 @@ def test_automation_identity_is_a_workspace_principal_that_reads_the_scope(docs,
 def test_jobs_run_the_notebooks_as_the_automation_identity(docs, envs, key):
     doc, env = docs[key], envs[key]
     runner = ref("databricks_service_principal", one(doc, "databricks_service_principal")[0], "application_id")
-    runtime_id, runtime = one(doc, "databricks_spark_version", block="data")
     node_id, node = one(doc, "databricks_node_type", block="data")
     workspace = f"azurerm_databricks_workspace.{one(doc, 'azurerm_databricks_workspace')[0]}"
-    assert (runtime["long_term_support"], runtime["ml"], runtime["depends_on"]) == (True, True, [workspace])
     assert (node["local_disk"], node["depends_on"]) == (True, [workspace])
     expected = {
         "train": {"env": env.name, "buildNumber": "", "buildSource": ""},
@@ -667,7 +669,7 @@ def test_jobs_run_the_notebooks_as_the_automation_identity(docs, envs, key):
         assert job["timeout_seconds"] == env.training.job_timeout_minutes * 60
         assert (job["max_concurrent_runs"], job["queue"]) == (1, {"enabled": True})
         (cluster,) = job["job_cluster"]
-        assert cluster["new_cluster"]["spark_version"] == ref("data.databricks_spark_version", runtime_id, "id")
+        assert cluster["new_cluster"]["spark_version"] == env.databricks.spark_version
         assert cluster["new_cluster"]["node_type_id"] == ref("data.databricks_node_type", node_id, "id")
         assert cluster["new_cluster"]["num_workers"] == 0
         (task,) = job["task"]
@@ -677,8 +679,48 @@ def test_jobs_run_the_notebooks_as_the_automation_identity(docs, envs, key):
         assert task["notebook_task"]["base_parameters"] == parameters
         packages = [library["pypi"]["package"] for library in task["library"]]
         assert any(re.fullmatch(r"azureml-mlflow==[\d.]+", package) for package in packages)
+        assert {package.split("==")[0] for package in packages} >= set(MODEL_LIBRARIES)
         one(doc, "databricks_permissions", job_id=ref("databricks_job", job_id, "id"),
             access_control=[{"service_principal_name": runner, "permission_level": "CAN_MANAGE_RUN"}])
+
+
+@ALL
+def test_the_runtime_is_pinned_to_the_line_of_the_local_spark_not_latest(docs, envs, key):
+    assert "databricks_spark_version" not in docs[key].get("data", {})  # no lookup of "latest"
+    jobs = of_type(docs[key], "databricks_job").values()
+    runtimes = {cluster["new_cluster"]["spark_version"] for job in jobs for cluster in job["job_cluster"]}
+    assert runtimes == {envs[key].databricks.spark_version}
+    expected = "15.4.x-cpu-ml-scala2.12" if key != "custom" else "15.4.x-gpu-ml-scala2.12"
+    assert runtimes == {expected}
+    # 15.4 LTS runs Spark 3.5 and Python 3.11: the line of the locked pyspark and of the Pipfile's Python.
+    lock = json.loads((PROJECT_ROOT / "Pipfile.lock").read_text())
+    assert lock["default"]["pyspark"]["version"].startswith("==3.5.")
+    assert lock["_meta"]["requires"]["python_version"] == "3.11"
+
+
+@ALL
+def test_every_job_installs_the_model_libraries_at_the_locked_versions(docs, key):
+    """The runtime's own scikit-learn, numpy, pandas and scipy are older than the lock's: a model trained with
+    them and loaded by the release machine with the lock's would be judged by another library."""
+    locked = {name: spec["version"] for name, spec in json.loads((PROJECT_ROOT / "Pipfile.lock").read_text())[
+        "default"].items()}
+    for job in of_type(docs[key], "databricks_job").values():
+        for task in job["task"]:
+            packages = dict(library["pypi"]["package"].split("==") for library in task["library"])
+            assert set(MODEL_LIBRARIES) <= set(packages), job["name"]
+            assert all(f"=={version}" == locked[name] for name, version in packages.items()), job["name"]
+
+
+def test_a_job_library_missing_from_the_lock_is_a_clear_error(source_root, tmp_path):
+    root = tmp_path / "source"
+    root.mkdir()
+    for entry in ("config", "deploy", "notebooks"):
+        (root / entry).symlink_to(source_root / entry)
+    lock = json.loads((source_root / "Pipfile.lock").read_text())
+    del lock["default"]["skops"]
+    (root / "Pipfile.lock").write_text(json.dumps(lock))
+    with pytest.raises(MissingSource, match=r"^skops is not in Pipfile\.lock's default packages"):
+        ChurnPlatformStack(cdk_app(tmp_path / "out"), load_environment("dev"), source_root=root)
 
 
 def test_job_timeout_follows_config(docs):
