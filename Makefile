@@ -3,6 +3,7 @@
 #   make test   install and run the whole suite (pytest, then the checkov security scan)
 #   make bench  medians of synthesis, CLI start-up, local training and release
 #   make infra-diff ENV=dev / make infra-deploy ENV=dev   cdktn diff / deploy of stack churn-<ENV>
+#   make infra-destroy ENV=dev   cdktn destroy of a disposable environment's stack (docs/runbook.md)
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -53,7 +54,7 @@ export TF_CLI_CONFIG_FILE := $(CURDIR)/$(TOOLS)/terraformrc
 ENV ?= dev
 CDKTN_ARGS ?=
 
-.PHONY: help install demo test lint scan synth summary bench down clean infra-diff infra-deploy
+.PHONY: help install demo test lint scan synth summary bench down clean infra-diff infra-deploy infra-destroy
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -94,6 +95,11 @@ infra-diff: install
 infra-deploy: install
 	mkdir -p outputs
 	$(CDKTN) deploy churn-$(ENV) --outputs-file outputs/churn-$(ENV).json $(CDKTN_ARGS)
+
+# CHURN_TEARDOWN lets this one stack's Databricks workspace be destroyed (it is prevent_destroy otherwise);
+# main.py refuses it for a purge-protected environment.
+infra-destroy: install
+	CHURN_TEARDOWN=churn-$(ENV) $(CDKTN) destroy churn-$(ENV) $(CDKTN_ARGS)
 
 summary:
 	$(PY) -m stacks.summary cdktf.out

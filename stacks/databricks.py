@@ -3,6 +3,11 @@ uploaded into the workspace, and the `train` and `deploy` jobs that run the note
 
 The databricks provider talks to the workspace it is created with, through Entra ID (the workspace's
 Azure resource id plus whatever Azure login runs Terraform); no personal access token exists anywhere.
+Because the provider is configured from the workspace in the same stack, a plan that would replace the
+workspace (a new name, region, managed resource group or encryption setting) would leave the provider
+without a host while the old workspace's objects still had to be deleted. The workspace is therefore
+`prevent_destroy`: Terraform refuses such a plan before it changes anything. Only a deliberate teardown
+of a disposable environment lifts it (main.py, `CHURN_TEARDOWN`; docs/runbook.md).
 The workspace holds a copy of the repository layout under /Shared/churn-mlops, so the notebooks import
 `config` and `deploy` exactly as they do locally, and read this environment's stack outputs from
 outputs/churn-<env>.json with the same `load_outputs` the CLI uses.
@@ -16,7 +21,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from cdktn import Fn, TerraformLocal
+from cdktn import Fn, TerraformLocal, TerraformResourceLifecycle
 from cdktn_provider_azurerm.databricks_workspace import DatabricksWorkspace
 from cdktn_provider_azurerm.key_vault import KeyVault
 from cdktn_provider_azurerm.role_assignment import RoleAssignment
@@ -68,9 +73,10 @@ class MissingSource(Exception):
 class DatabricksPlatform(Construct):
     def __init__(
         self, scope: Construct, id_: str, *, env: EnvConfig, resource_group: ResourceGroupLike, vault: KeyVault,
-        automation_client_id: str, source_root: Path, vault_access: RoleAssignment,
+        automation_client_id: str, source_root: Path, vault_access: RoleAssignment, teardown: bool = False,
     ):
-        """`vault_access`: the AzureDatabricks app's role on `vault`, which the secret scope needs to work."""
+        """`vault_access`: the AzureDatabricks app's role on `vault`, which the secret scope needs to work.
+        `teardown`: this synthesis is for `cdktn destroy`, so the workspace may be destroyed."""
         super().__init__(scope, id_)
         self._env = env
         self._source_root = source_root
@@ -79,6 +85,7 @@ class DatabricksPlatform(Construct):
             location=resource_group.location, sku="premium",
             managed_resource_group_name=env.names.databricks_managed_resource_group,
             infrastructure_encryption_enabled=True, tags=env.tags,
+            lifecycle=TerraformResourceLifecycle(prevent_destroy=not teardown),
         )
         self.host = TerraformLocal(self, "host", f"https://{self.workspace.workspace_url}").as_string
         self.provider = DatabricksProvider(

@@ -54,8 +54,11 @@ TERRAFORM_VERSION = "1.14.9"
 
 
 class ChurnPlatformStack(TerraformStack):
-    def __init__(self, scope: Construct, env: EnvConfig, *, source_root: Path = PROJECT_ROOT):
-        """`source_root`: the repository whose notebooks and project code are uploaded to Databricks."""
+    def __init__(
+        self, scope: Construct, env: EnvConfig, *, source_root: Path = PROJECT_ROOT, teardown: bool = False
+    ):
+        """`source_root`: the repository whose notebooks and project code are uploaded to Databricks.
+        `teardown`: synthesized for `cdktn destroy` of this stack (main.py, CHURN_TEARDOWN)."""
         super().__init__(scope, env.stack_name)
         self._configure_terraform(env)
         client = DataAzurermClientConfig(self, "client")  # the deploying principal
@@ -87,7 +90,7 @@ class ChurnPlatformStack(TerraformStack):
         databricks = DatabricksPlatform(
             self, "databricks", env=env, resource_group=resource_group, vault=secrets.vault,
             automation_client_id=identity.client_id, source_root=source_root,
-            vault_access=secrets.databricks_access,
+            vault_access=secrets.databricks_access, teardown=teardown,
         )
         outputs = {
             "subscription_id": client.subscription_id,

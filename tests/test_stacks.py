@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
+import main
 from config import ConfigError, load_all, load_environment
 from deploy.platform.outputs import OUTPUT_NAMES
 from tests.conftest import PROJECT_ROOT, SHIPPED_CONFIG
@@ -626,6 +627,50 @@ def test_ml_workspace_points_at_its_own_dependencies(docs, envs, key):
 def test_databricks_workspace_is_premium(synthesized, key):
     text = synthesized[key][1]
     assert CdkTesting.to_have_resource_with_properties(text, "azurerm_databricks_workspace", {"sku": "premium"})
+
+
+@ALL
+def test_a_plan_that_would_replace_the_workspace_is_refused(docs, key):
+    """The databricks provider is configured from this workspace; replacing it would leave the provider without
+    a host while the old workspace's objects still had to be deleted. prevent_destroy makes Terraform refuse any
+    plan that destroys it, a replacement included, before anything changes."""
+    (workspace,) = of_type(docs[key], "azurerm_databricks_workspace").values()
+    assert workspace["lifecycle"] == {"prevent_destroy": True}
+    guarded = [(kind, lid) for kind, items in docs[key]["resource"].items() for lid, attrs in items.items()
+               if attrs.get("lifecycle", {}).get("prevent_destroy")]
+    assert [kind for kind, _ in guarded] == ["azurerm_databricks_workspace"]
+
+
+def test_only_a_teardown_lets_the_workspace_be_destroyed(source_root, tmp_path):
+    doc = json.loads(CdkTesting.synth(ChurnPlatformStack(
+        cdk_app(tmp_path / "out"), load_environment("dev"), source_root=source_root, teardown=True
+    )))
+    (workspace,) = of_type(doc, "azurerm_databricks_workspace").values()
+    assert workspace["lifecycle"] == {"prevent_destroy": False}
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("churn-prod", "config error: environment 'prod' key 'purge_protection': CHURN_TEARDOWN=churn-prod: the "
+         "environment is purge-protected, which the kit never tears down; expected a disposable environment"),
+        ("churn-stage", "config error: CHURN_TEARDOWN=churn-stage names no stack; expected one of churn-dev, "
+         "churn-prod"),
+    ],
+)
+def test_a_teardown_of_a_protected_or_unknown_stack_is_refused_in_one_line(value, expected):
+    result = subprocess.run(
+        [sys.executable, "main.py"], cwd=PROJECT_ROOT, env={"CHURN_TEARDOWN": value, "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, timeout=60,
+    )
+    assert (result.returncode, result.stderr.strip().splitlines()) == (2, [expected])
+
+
+def test_a_teardown_names_exactly_one_disposable_stack():
+    environments = load_all()
+    assert main.teardown_stack(environments, "churn-dev") == "churn-dev"
+    assert main.teardown_stack(environments, None) is None
+    assert main.teardown_stack(environments, "") is None
 
 
 @ALL

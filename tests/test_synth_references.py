@@ -194,9 +194,12 @@ def _node(reference: str) -> str:
 
 @pytest.fixture(scope="module")
 def stacks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    """Synthesized as `make infra-destroy ENV=dev` would (CHURN_TEARDOWN=churn-dev): one synthesis shows both the
+    teardown variant (dev) and the normal one (prod); references are the same in both."""
     outdir = tmp_path_factory.mktemp("cdktf.out")
     result = subprocess.run(
-        [sys.executable, "main.py"], cwd=PROJECT_ROOT, env={**os.environ, "CDKTF_OUTDIR": str(outdir)},
+        [sys.executable, "main.py"], cwd=PROJECT_ROOT,
+        env={**os.environ, "CDKTF_OUTDIR": str(outdir), "CHURN_TEARDOWN": "churn-dev"},
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr
@@ -205,6 +208,15 @@ def stacks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]
 
 def test_the_app_synthesizes_one_stack_per_azure_environment(stacks):
     assert sorted(stacks) == ["churn-dev", "churn-prod"]
+
+
+def test_the_teardown_variable_lifts_the_workspace_guard_of_its_stack_only(stacks):
+    guards = {
+        stack: [workspace["lifecycle"]["prevent_destroy"]
+                for workspace in doc["resource"]["azurerm_databricks_workspace"].values()]
+        for stack, doc in stacks.items()
+    }
+    assert guards == {"churn-dev": [False], "churn-prod": [True]}
 
 
 @pytest.mark.parametrize("stack", ["churn-dev", "churn-prod"])
