@@ -14,6 +14,8 @@ os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 os.environ["DO_NOT_TRACK"] = "true"
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# The synthesized stacks, once per session, for every module that checks them.
+pytest_plugins = ("tests.stack_fixtures",)
 SHIPPED_CONFIG = PROJECT_ROOT / "config" / "environments.toml"
 
 

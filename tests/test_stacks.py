@@ -1,12 +1,9 @@
 """Synthesis tests of the platform stacks: every resource exists and is wired to this environment's others.
 
-Each environment is synthesized once per module (synthesis costs about a second, the provider imports
-several more). Besides the shipped dev and prod, a "custom" dev environment turns on every optional
-feature: federation, an azurerm state backend, a subscription id, every symbolic role scope, a
-non-default job timeout, configured application owners, and the set-up of a principal whose rights end
-at a pre-created resource group (an existing group, no provider registration). Terraform itself cannot
-run here (no provider downloads), so these tests check the synthesized JSON, the contract Terraform
-would receive; tests/test_provider_schema.py checks it against the providers' own schemas.
+The stacks are synthesized once per session (tests/stack_fixtures.py: the shipped dev and prod, and a
+"custom" dev environment with every optional feature on). Terraform itself cannot run here (no provider
+downloads), so these tests check the synthesized JSON, the contract Terraform would receive;
+tests/test_provider_schema.py checks the same JSON against the providers' own schemas.
 """
 
 from __future__ import annotations
@@ -41,30 +38,8 @@ from stacks.databricks import (
     project_files,
 )
 from stacks.platform import RESOURCE_PROVIDERS, TERRAFORM_VERSION, ChurnPlatformStack
+from tests.stack_fixtures import cdk_app
 
-CUSTOM_DEV = """
-subscription_id = "00000000-0000-0000-0000-00000000abcd"
-role_assignments = [
-  { role = "Contributor", scope = "resource_group" },
-  { role = "AzureML Data Scientist", scope = "ml_workspace" },
-  { role = "Storage Blob Data Reader", scope = "ml_storage" },
-  { role = "Key Vault Secrets User", scope = "key_vault" },
-  { role = "Storage Blob Data Reader", scope = "data_account" },
-  { role = "Storage Blob Data Contributor", scope = "data_container" },
-]
-federation = { issuer = "https://vstoken.dev.azure.com/0000-org", subject = "sc://contoso/churn/churn-dev" }
-state_backend = { resource_group = "rg-tfstate", storage_account = "sttfstate001", container = "tfstate" }
-key_vault_allowed_ips = ["203.0.113.0/28"]
-register_resource_providers = false
-existing_resource_group = "rg-platform-churn-dev"
-application_owners = ["0A0A0A0A-0000-4000-8000-00000000000A", "0b0b0b0b-0000-4000-8000-00000000000b"]
-
-[environments.dev.training]
-job_timeout_minutes = 45
-
-[environments.dev.databricks]
-spark_version = "15.4.x-gpu-ml-scala2.12"
-"""
 SCOPE_TYPES = {
     "resource_group": "azurerm_resource_group",
     "ml_workspace": "azurerm_machine_learning_workspace",
@@ -76,63 +51,7 @@ SCOPE_TYPES = {
 GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
 
 
-# --- fixtures -----------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def source_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The repository, or, while the notebooks are still missing, a throw-away copy with stand-in notebooks."""
-    if all((PROJECT_ROOT / "notebooks" / f"{name}.py").exists() for name in NOTEBOOKS):
-        return PROJECT_ROOT
-    root = tmp_path_factory.mktemp("source")
-    for entry in ("config", "deploy", "Pipfile.lock"):
-        (root / entry).symlink_to(PROJECT_ROOT / entry)
-    (root / "notebooks").mkdir()
-    for name in NOTEBOOKS:
-        (root / "notebooks" / f"{name}.py").write_text(f"# Databricks notebook source\nprint('{name}')\n")
-    return root
-
-
-@pytest.fixture(scope="module")
-def custom_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    text = SHIPPED_CONFIG.read_text()
-    anchor = "purge_protection = false"
-    line_end = text.index("\n", text.index(anchor))
-    path = tmp_path_factory.mktemp("config") / "environments.toml"
-    path.write_text(text[:line_end + 1] + CUSTOM_DEV + text[line_end + 1:])
-    return path
-
-
-def cdk_app(outdir: Path) -> Any:
-    """A cdktn test app writing into a pytest folder (left alone, it leaves cdktf.outdir.* folders in TMPDIR)."""
-    return CdkTesting.app(outdir=str(outdir))
-
-
-@pytest.fixture(scope="module")
-def synthesized(
-    source_root: Path, custom_config: Path, tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, tuple[Any, str]]:
-    """{"dev" | "prod" | "custom": (EnvConfig, synthesized JSON text)}."""
-    shipped = load_all()
-    envs = {"dev": shipped["dev"], "prod": shipped["prod"], "custom": load_environment("dev", custom_config)}
-    return {
-        key: (env, CdkTesting.synth(ChurnPlatformStack(
-            cdk_app(tmp_path_factory.mktemp(key)), env, source_root=source_root
-        )))
-        for key, env in envs.items()
-    }
-
-
-@pytest.fixture(scope="module")
-def docs(synthesized: dict[str, tuple[Any, str]]) -> dict[str, dict[str, Any]]:
-    return {key: json.loads(text) for key, (_, text) in synthesized.items()}
-
-
-@pytest.fixture(scope="module")
-def envs(synthesized: dict[str, tuple[Any, str]]) -> dict[str, Any]:
-    return {key: env for key, (env, _) in synthesized.items()}
-
-
+# The fixtures source_root, custom_config, synthesized, docs and envs come from tests/stack_fixtures.py.
 ALL = pytest.mark.parametrize("key", ["dev", "prod", "custom"])
 
 
