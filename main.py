@@ -18,7 +18,7 @@ TEARDOWN_VARIABLE = "CHURN_TEARDOWN"
 
 
 def main() -> int:
-    from config import ConfigError, load_all
+    from config import ConfigError, config_path, load_all
 
     try:
         environments = load_all()
@@ -36,7 +36,7 @@ def main() -> int:
     try:
         for env in environments.values():
             if not env.is_local:
-                ChurnPlatformStack(app, env, teardown=env.stack_name == teardown)
+                ChurnPlatformStack(app, env, teardown=env.stack_name == teardown, config_file=config_path())
     except (ConfigError, MissingSource) as exc:
         print(exc, file=sys.stderr)
         return 2

@@ -55,7 +55,8 @@ WORKSPACE_ROOT = "/Shared/churn-mlops"
 SECRET_SCOPE = "churn"  # noqa: S105 - a scope name, not a secret
 NOTEBOOKS = ("train_churn", "deploy_churn")
 PROJECT_PACKAGES = ("config", "deploy")
-PROJECT_DATA_FILES = ("config/environments.toml", "config/schema.json")
+ENVIRONMENTS_FILE = "config/environments.toml"
+PROJECT_DATA_FILES = (ENVIRONMENTS_FILE, "config/schema.json")
 # The model's own libraries, in every job at the versions in Pipfile.lock, so the model is trained, scored and
 # judged with the scikit-learn the release machine loads it with (the runtime's own are older). skops and
 # cloudpickle serialize it; pyarrow carries pandas data through Spark and must be built for the locked numpy.
@@ -74,12 +75,16 @@ class DatabricksPlatform(Construct):
     def __init__(
         self, scope: Construct, id_: str, *, env: EnvConfig, resource_group: ResourceGroupLike, vault: KeyVault,
         automation_client_id: str, source_root: Path, vault_access: RoleAssignment, teardown: bool = False,
+        config_file: Path | None = None,
     ):
         """`vault_access`: the AzureDatabricks app's role on `vault`, which the secret scope needs to work.
-        `teardown`: this synthesis is for `cdktn destroy`, so the workspace may be destroyed."""
+        `teardown`: this synthesis is for `cdktn destroy`, so the workspace may be destroyed.
+        `config_file`: the environments file this stack was synthesized from (default: the repository's), which
+        the workspace gets as config/environments.toml, so notebooks know an environment defined elsewhere."""
         super().__init__(scope, id_)
         self._env = env
         self._source_root = source_root
+        self._config_file = config_file or source_root / ENVIRONMENTS_FILE
         self.workspace = DatabricksWorkspace(
             self, "workspace", name=env.names.databricks_workspace, resource_group_name=resource_group.name,
             location=resource_group.location, sku="premium",
@@ -127,12 +132,14 @@ class DatabricksPlatform(Construct):
         self.notebooks = {
             name: Notebook(
                 self, f"notebook_{name}", path=f"{WORKSPACE_ROOT}/notebooks/{name}", language="PYTHON",
-                content_base64=self._read_base64(f"notebooks/{name}.py"), depends_on=[self.directory],
+                content_base64=self._read_base64(self._source_root / f"notebooks/{name}.py"),
+                depends_on=[self.directory],
             )
             for name in NOTEBOOKS
         }
         for relative in project_files(self._source_root):
-            self._file_from_content(relative, self._read_base64(relative))
+            source = self._config_file if relative == ENVIRONMENTS_FILE else self._source_root / relative
+            self._file_from_content(relative, self._read_base64(source))
         # The jobs run as the automation identity, which must be able to read what they execute.
         Permissions(
             self, "project_directory_access", directory_path=self.directory.path,
@@ -147,8 +154,8 @@ class DatabricksPlatform(Construct):
             content_base64=content_base64, depends_on=[self.directory],
         )
 
-    def _read_base64(self, relative: str) -> str:
-        path = self._source_root / relative
+    @staticmethod
+    def _read_base64(path: Path) -> str:
         try:
             return base64.b64encode(path.read_bytes()).decode("ascii")
         except FileNotFoundError:

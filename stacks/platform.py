@@ -55,9 +55,11 @@ TERRAFORM_VERSION = "1.14.9"
 
 class ChurnPlatformStack(TerraformStack):
     def __init__(
-        self, scope: Construct, env: EnvConfig, *, source_root: Path = PROJECT_ROOT, teardown: bool = False
+        self, scope: Construct, env: EnvConfig, *, source_root: Path = PROJECT_ROOT, teardown: bool = False,
+        config_file: Path | None = None,
     ):
         """`source_root`: the repository whose notebooks and project code are uploaded to Databricks.
+        `config_file`: the environments file `env` comes from, uploaded with them (default: the repository's).
         `teardown`: synthesized for `cdktn destroy` of this stack (main.py, CHURN_TEARDOWN)."""
         super().__init__(scope, env.stack_name)
         self._configure_terraform(env)
@@ -90,7 +92,7 @@ class ChurnPlatformStack(TerraformStack):
         databricks = DatabricksPlatform(
             self, "databricks", env=env, resource_group=resource_group, vault=secrets.vault,
             automation_client_id=identity.client_id, source_root=source_root,
-            vault_access=secrets.databricks_access, teardown=teardown,
+            vault_access=secrets.databricks_access, teardown=teardown, config_file=config_file,
         )
         outputs = {
             "subscription_id": client.subscription_id,

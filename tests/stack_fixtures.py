@@ -90,7 +90,8 @@ def synthesized(
     envs = {"dev": shipped["dev"], "prod": shipped["prod"], "custom": load_environment("dev", custom_config)}
     return {
         key: (env, Testing.synth(ChurnPlatformStack(
-            cdk_app(tmp_path_factory.mktemp(key)), env, source_root=source_root
+            cdk_app(tmp_path_factory.mktemp(key)), env, source_root=source_root,
+            config_file=custom_config if key == "custom" else None,
         )))
         for key, env in envs.items()
     }

@@ -702,7 +702,7 @@ def test_notebooks_are_uploaded_as_python_source(docs, source_root, key):
 
 
 @ALL
-def test_project_code_is_uploaded_at_its_repository_paths(docs, source_root, key):
+def test_project_code_is_uploaded_at_its_repository_paths(docs, source_root, custom_config, key):
     files = of_type(docs[key], "databricks_workspace_file").values()
     uploaded = {attrs["path"]: attrs["content_base64"] for attrs in files}
     expected = project_files(source_root)
@@ -716,8 +716,11 @@ def test_project_code_is_uploaded_at_its_repository_paths(docs, source_root, key
     assert {"deploy", "deploy/core", "deploy/platform", "deploy/release", "deploy/release/targets",
             "deploy/identity", "deploy/training"} <= packages
     assert {f"{package}/__init__.py" for package in packages} <= {*expected}
+    # The environments file is the one the stack was synthesized from, so notebooks know every environment in it.
+    config_file = custom_config if key == "custom" else source_root / "config/environments.toml"
     for relative in expected:
-        assert base64.b64decode(uploaded.pop(f"{WORKSPACE_ROOT}/{relative}")) == (source_root / relative).read_bytes()
+        source = config_file if relative == "config/environments.toml" else source_root / relative
+        assert base64.b64decode(uploaded.pop(f"{WORKSPACE_ROOT}/{relative}")) == source.read_bytes()
     assert list(uploaded) == [f"{WORKSPACE_ROOT}/outputs/{'churn-dev' if key != 'prod' else 'churn-prod'}.json"]
     directory_id, _ = one(docs[key], "databricks_directory", path=WORKSPACE_ROOT)
     runner = ref("databricks_service_principal", one(docs[key], "databricks_service_principal")[0], "application_id")
