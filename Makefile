@@ -4,6 +4,7 @@
 #   make bench  medians of synthesis, CLI start-up, local training and release
 #   make infra-diff ENV=dev / make infra-deploy ENV=dev   cdktn diff / deploy of stack churn-<ENV>
 #   make infra-destroy ENV=dev   cdktn destroy of a disposable environment's stack (docs/runbook.md)
+#   make live-test ENV=dev LIVE_CONFIRM=yes   the opt-in suite against a real subscription (docs/runbook.md)
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -54,7 +55,7 @@ export TF_CLI_CONFIG_FILE := $(CURDIR)/$(TOOLS)/terraformrc
 ENV ?= dev
 CDKTN_ARGS ?=
 
-.PHONY: help install demo test lint scan synth summary bench down clean infra-diff infra-deploy infra-destroy
+.PHONY: help install demo test lint scan synth summary bench down clean infra-diff infra-deploy infra-destroy live-test
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -100,6 +101,11 @@ infra-deploy: install
 # main.py refuses it for a purge-protected environment.
 infra-destroy: install
 	CHURN_TEARDOWN=churn-$(ENV) $(CDKTN) destroy churn-$(ENV) $(CDKTN_ARGS)
+
+# A throwaway copy of environment ENV, from deploy to destroy, on a real subscription. It prints its cost and
+# time estimate first and runs only with LIVE_CONFIRM=yes; `make test` never runs it (pyproject.toml).
+live-test: install
+	LIVE_ENV=$(ENV) $(PY) -m pytest -m live -s -p no:cacheprovider tests/live
 
 summary:
 	$(PY) -m stacks.summary cdktf.out
