@@ -110,8 +110,10 @@ live-test: install
 summary:
 	$(PY) -m stacks.summary cdktf.out
 
+# checkov reads a copy without terraform.required_version, which its JSON parser cannot read (stacks/scan_input.py).
 scan: synth
-	$(CHECKOV) --config-file .checkov.yaml -d cdktf.out --framework terraform_json --skip-download --quiet --compact
+	$(PY) -m stacks.scan_input cdktf.out cdktf.out/checkov
+	$(CHECKOV) --config-file .checkov.yaml -d cdktf.out/checkov --framework terraform_json --skip-download --quiet --compact
 
 lint: install
 	$(VENV)/bin/ruff check .
