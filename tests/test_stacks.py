@@ -286,6 +286,11 @@ def test_azurerm_registers_exactly_the_resource_providers_the_stack_uses(docs, k
     assert set(INDIRECT_NAMESPACES.values()) <= set(kinds)
 
 
+def test_the_runbook_registers_the_same_providers_for_principals_without_subscription_rights():
+    runbook = (PROJECT_ROOT / "docs" / "runbook.md").read_text()
+    assert re.findall(r"^az provider register --namespace (\S+)$", runbook, re.MULTILINE) == list(RESOURCE_PROVIDERS)
+
+
 def test_no_registration_when_an_administrator_registered_the_providers(docs, envs):
     assert envs["custom"].register_resource_providers is False
     (settings,) = docs["custom"]["provider"]["azurerm"]
