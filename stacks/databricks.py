@@ -1,5 +1,6 @@
 """Azure Databricks: the premium workspace, the secret scope on the environment's vault, the project code
-uploaded into the workspace, and the `train` and `deploy` jobs that run the notebooks.
+uploaded into the workspace, and the jobs that run the notebooks: `train` and `deploy` (started by the
+pipeline and the CLI), `score` and `monitor` (on schedules from config, paused in dev).
 
 The databricks provider talks to the workspace it is created with, through Entra ID (the workspace's
 Azure resource id plus whatever Azure login runs Terraform); no personal access token exists anywhere.
@@ -20,6 +21,7 @@ import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from cdktn import Fn, TerraformLocal, TerraformResourceLifecycle
 from cdktn_provider_azurerm.databricks_workspace import DatabricksWorkspace
@@ -29,10 +31,12 @@ from cdktn_provider_databricks.data_databricks_node_type import DataDatabricksNo
 from cdktn_provider_databricks.directory import Directory
 from cdktn_provider_databricks.job import (
     Job,
+    JobEmailNotifications,
     JobJobCluster,
     JobJobClusterNewCluster,
     JobQueue,
     JobRunAs,
+    JobSchedule,
     JobTask,
     JobTaskLibrary,
     JobTaskLibraryPypi,
@@ -53,7 +57,7 @@ from stacks.resource_group import ResourceGroupLike
 WORKSPACE_ROOT = "/Shared/churn-mlops"
 # The scope notebooks read the automation identity's secret from: dbutils.secrets.get(SECRET_SCOPE, <secret name>).
 SECRET_SCOPE = "churn"  # noqa: S105 - a scope name, not a secret
-NOTEBOOKS = ("train_churn", "deploy_churn")
+NOTEBOOKS = ("train_churn", "deploy_churn", "score_churn", "monitor_churn")
 PROJECT_PACKAGES = ("config", "deploy")
 ENVIRONMENTS_FILE = "config/environments.toml"
 PROJECT_DATA_FILES = (ENVIRONMENTS_FILE, "config/schema.json")
@@ -64,7 +68,10 @@ MODEL_LIBRARIES = ("scikit-learn", "numpy", "pandas", "scipy", "skops", "cloudpi
 # What each notebook imports beyond them, pinned the same way.
 TRAIN_LIBRARIES = ("mlflow", "azureml-mlflow", "azure-identity", "azure-storage-file-datalake", *MODEL_LIBRARIES)
 DEPLOY_LIBRARIES = ("mlflow", "azureml-mlflow", "azure-identity", "azure-ai-ml", *MODEL_LIBRARIES)
-JOB_CLUSTER = "single_node"
+SCORE_LIBRARIES = ("mlflow", "azureml-mlflow", "azure-identity", "azure-storage-file-datalake", *MODEL_LIBRARIES)
+# The monitor also reads the endpoints' metrics, draws its report and starts churn-train.
+MONITOR_LIBRARIES = (*SCORE_LIBRARIES, "azure-mgmt-monitor", "databricks-sdk", "matplotlib")
+MONITOR_WINDOW = "7d"
 
 
 class MissingSource(Exception):
@@ -113,11 +120,26 @@ class DatabricksPlatform(Construct):
         # Looked up once the workspace exists: on the first deploy this data source waits for it.
         self.node_type = DataDatabricksNodeType(self, "smallest_node", local_disk=True, depends_on=[self.workspace])
         self._locked = locked_versions(source_root)
+        train_minutes = env.training.job_timeout_minutes
         self.train_job = self._job(
-            "train", {"env": env.name, "buildNumber": "", "buildSource": ""}, TRAIN_LIBRARIES
+            "train", {"env": env.name, "buildNumber": "", "buildSource": ""}, TRAIN_LIBRARIES, train_minutes
         )
         self.deploy_job = self._job(
-            "deploy", {"env": env.name, "buildNumber": "", "deployType": "Stage"}, DEPLOY_LIBRARIES
+            "deploy", {"env": env.name, "buildNumber": "", "deployType": "Stage"}, DEPLOY_LIBRARIES, train_minutes
+        )
+        scoring, monitoring = env.scoring, env.monitoring
+        # Batch scoring of every customer: a bigger customer base is more workers in config, not a code change.
+        self.score_job = self._job(
+            "score", {"env": env.name, "slot": "prod", "version": "", "scoringDate": "", "input": ""},
+            SCORE_LIBRARIES, scoring.job_timeout_minutes,
+            cluster=self._cluster(workers=scoring.workers, node_type=scoring.node_type),
+            schedule=self._schedule(scoring.schedule, scoring.timezone, scoring.paused),
+        )
+        # Watches the prod slot and starts churn-train when a threshold is crossed (it may: CAN_MANAGE_RUN below).
+        self.monitor_job = self._job(
+            "monitor", {"env": env.name, "slot": "prod", "window": MONITOR_WINDOW}, MONITOR_LIBRARIES,
+            monitoring.job_timeout_minutes,
+            schedule=self._schedule(monitoring.schedule, monitoring.timezone, monitoring.paused),
         )
 
     def publish_outputs(self, outputs: Mapping[str, str]) -> None:
@@ -168,27 +190,43 @@ class DatabricksPlatform(Construct):
             raise MissingSource(f"{name} is not in Pipfile.lock's default packages; expected every job library locked")
         return f"{name}{version}"
 
-    def _job(self, key: str, parameters: dict[str, str], libraries: tuple[str, ...]) -> Job:
+    def _cluster(self, workers: int = 0, node_type: str = "") -> JobJobCluster:
+        """A job cluster on the pinned runtime: one node, or a driver and `workers` workers."""
+        shape: dict[str, Any] = {"num_workers": workers}
+        if workers == 0:
+            shape.update(
+                spark_conf={"spark.databricks.cluster.profile": "singleNode", "spark.master": "local[*]"},
+                custom_tags={"ResourceClass": "SingleNode"},
+            )
+        return JobJobCluster(
+            job_cluster_key="single_node" if workers == 0 else "workers",
+            new_cluster=JobJobClusterNewCluster(
+                spark_version=self._env.databricks.spark_version, node_type_id=node_type or self.node_type.id,
+                data_security_mode="SINGLE_USER", **shape,
+            ),
+        )
+
+    @staticmethod
+    def _schedule(cron: str, timezone: str, paused: bool) -> JobSchedule:
+        return JobSchedule(
+            quartz_cron_expression=cron, timezone_id=timezone, pause_status="PAUSED" if paused else "UNPAUSED"
+        )
+
+    def _job(
+        self, key: str, parameters: dict[str, str], libraries: tuple[str, ...], timeout_minutes: int, *,
+        cluster: JobJobCluster | None = None, schedule: JobSchedule | None = None,
+    ) -> Job:
+        cluster = cluster or self._cluster()
+        emails = list(self._env.alerts.emails)
         job = Job(
             self,
             f"{key}_job",
             name=f"churn-{key}",
-            job_cluster=[
-                JobJobCluster(
-                    job_cluster_key=JOB_CLUSTER,
-                    new_cluster=JobJobClusterNewCluster(
-                        spark_version=self._env.databricks.spark_version, node_type_id=self.node_type.id,
-                        num_workers=0,
-                        data_security_mode="SINGLE_USER",
-                        spark_conf={"spark.databricks.cluster.profile": "singleNode", "spark.master": "local[*]"},
-                        custom_tags={"ResourceClass": "SingleNode"},
-                    ),
-                )
-            ],
+            job_cluster=[cluster],
             task=[
                 JobTask(
                     task_key=key,
-                    job_cluster_key=JOB_CLUSTER,
+                    job_cluster_key=cluster.job_cluster_key,
                     notebook_task=JobTaskNotebookTask(
                         notebook_path=self.notebooks[f"{key}_churn"].path, base_parameters=parameters,
                         source="WORKSPACE",
@@ -197,12 +235,15 @@ class DatabricksPlatform(Construct):
                 )
             ],
             run_as=JobRunAs(service_principal_name=self.automation_id),
-            timeout_seconds=self._env.training.job_timeout_minutes * 60,
+            timeout_seconds=timeout_minutes * 60,
             # One run at a time: two runs of a build would race for its runs/<build>/ audit files and MLflow
-            # tags (train), or for the same endpoint's traffic (deploy). A second trigger waits in the queue
-            # instead of being skipped.
+            # tags (train), for the same endpoint's traffic (deploy), or for one scoring date's partition
+            # (score). A second trigger waits in the queue instead of being skipped.
             max_concurrent_runs=1,
             queue=JobQueue(enabled=True),
+            schedule=schedule,
+            # The alert receivers hear of every failed run (config [alerts] emails).
+            email_notifications=JobEmailNotifications(on_failure=emails) if emails else None,
             tags=self._env.tags,
         )
         Permissions(

@@ -25,6 +25,7 @@ from config import PROJECT_ROOT, EnvConfig
 from stacks.databricks import DatabricksPlatform
 from stacks.identity import AutomationIdentity
 from stacks.ml_workspace import MachineLearning
+from stacks.monitoring import ServingAlerts
 from stacks.resource_group import environment_resource_group
 from stacks.secrets import SecretStore
 from stacks.storage import ChurnDataStorage
@@ -94,6 +95,7 @@ class ChurnPlatformStack(TerraformStack):
             automation_client_id=identity.client_id, source_root=source_root,
             vault_access=secrets.databricks_access, teardown=teardown, config_file=config_file,
         )
+        alerts = ServingAlerts(self, "alerts", env=env, resource_group=resource_group, log_analytics=ml.log_analytics)
         outputs = {
             "subscription_id": client.subscription_id,
             "tenant_id": client.tenant_id,
@@ -111,6 +113,11 @@ class ChurnPlatformStack(TerraformStack):
             "data_container": data.container.name,
             "train_job_id": databricks.train_job.id,
             "deploy_job_id": databricks.deploy_job.id,
+            "score_job_id": databricks.score_job.id,
+            "monitor_job_id": databricks.monitor_job.id,
+            # Where `release` points each endpoint's diagnostic setting, so the alert rules see its traffic.
+            "log_analytics_workspace_id": ml.log_analytics.id,
+            "alerts_action_group_id": alerts.action_group.id,
         }
         for name, value in outputs.items():
             TerraformOutput(self, name, value=value)

@@ -2,8 +2,9 @@
 conftest.py, so each stack is synthesized once per session).
 
 Besides the shipped dev and prod, a "custom" dev environment turns on every optional feature: federation,
-an azurerm state backend, a subscription id, every symbolic role scope, a non-default job timeout and
-runtime, configured application owners, and the set-up of a principal whose rights end at a pre-created
+an azurerm state backend, a subscription id, every symbolic role scope, non-default job timeouts and
+runtime, a multi-node scoring cluster on its own schedule, alert receivers and thresholds, configured
+application owners, and the set-up of a principal whose rights end at a pre-created
 resource group (an existing group, no provider registration).
 """
 
@@ -40,6 +41,27 @@ job_timeout_minutes = 45
 
 [environments.dev.databricks]
 spark_version = "15.4.x-gpu-ml-scala2.12"
+
+[environments.dev.scoring]
+workers = 4
+node_type = "Standard_D8ds_v5"
+schedule = "0 30 2 1 * ?"
+timezone = "Europe/Amsterdam"
+paused = false
+job_timeout_minutes = 240
+
+[environments.dev.monitoring]
+paused = false
+job_timeout_minutes = 30
+
+[environments.dev.alerts]
+emails = ["ml-oncall@contoso.com", "retention@contoso.com"]
+p95_latency_ms = 400
+error_rate_percent = 2.5
+cpu_percent = 70
+memory_percent = 75
+window_minutes = 30
+frequency_minutes = 10
 """
 
 
@@ -61,11 +83,12 @@ def source_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def custom_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped file with dev's tables replaced by CUSTOM_DEV (dev keeps its prefix and disposability)."""
     text = SHIPPED_CONFIG.read_text()
-    anchor = "purge_protection = false"
-    line_end = text.index("\n", text.index(anchor))
+    start, end = text.index("[environments.dev]\n"), text.index("[environments.prod]\n")
+    dev = '[environments.dev]\nprefix = "chrndev"\npurge_protection = false\n'
     path = tmp_path_factory.mktemp("config") / "environments.toml"
-    path.write_text(text[:line_end + 1] + CUSTOM_DEV + text[line_end + 1:])
+    path.write_text(text[:start] + dev + CUSTOM_DEV + "\n" + text[end:])
     return path
 
 

@@ -37,6 +37,7 @@ from stacks.databricks import (
     MissingSource,
     project_files,
 )
+from stacks.monitoring import MIN_REQUESTS_FOR_ERROR_RATE
 from stacks.platform import RESOURCE_PROVIDERS, TERRAFORM_VERSION, ChurnPlatformStack
 from tests.stack_fixtures import cdk_app
 
@@ -140,9 +141,13 @@ def test_outputs_point_at_this_stacks_resources(docs, envs, key):
     assert outputs["data_account"] == ref("azurerm_storage_account", data, "name")
     assert outputs["automation_client_id"] == ref("azuread_application", automation_app(doc), "client_id")
     assert outputs["automation_application_object_id"] == ref("azuread_application", automation_app(doc), "object_id")
-    for job in ("train", "deploy"):
+    for job in ("train", "deploy", "score", "monitor"):
         job_id = one(doc, "databricks_job", name=f"churn-{job}")[0]
         assert outputs[f"{job}_job_id"] == ref("databricks_job", job_id, "id")
+    logs = one(doc, "azurerm_log_analytics_workspace")[0]
+    assert outputs["log_analytics_workspace_id"] == ref("azurerm_log_analytics_workspace", logs, "id")
+    group = one(doc, "azurerm_monitor_action_group")[0]
+    assert outputs["alerts_action_group_id"] == ref("azurerm_monitor_action_group", group, "id")
 
 
 @ALL
@@ -629,18 +634,25 @@ def test_jobs_run_the_notebooks_as_the_automation_identity(docs, envs, key):
     workspace = f"azurerm_databricks_workspace.{one(doc, 'azurerm_databricks_workspace')[0]}"
     assert (node["local_disk"], node["depends_on"]) == (True, [workspace])
     expected = {
-        "train": {"env": env.name, "buildNumber": "", "buildSource": ""},
-        "deploy": {"env": env.name, "buildNumber": "", "deployType": "Stage"},
+        "train": ({"env": env.name, "buildNumber": "", "buildSource": ""}, env.training.job_timeout_minutes),
+        "deploy": ({"env": env.name, "buildNumber": "", "deployType": "Stage"}, env.training.job_timeout_minutes),
+        "score": ({"env": env.name, "slot": "prod", "version": "", "scoringDate": "", "input": ""},
+                  env.scoring.job_timeout_minutes),
+        "monitor": ({"env": env.name, "slot": "prod", "window": "7d"}, env.monitoring.job_timeout_minutes),
     }
-    for name, parameters in expected.items():
+    assert sorted(job["name"] for job in of_type(doc, "databricks_job").values()) == sorted(
+        f"churn-{name}" for name in expected
+    )
+    for name, (parameters, timeout_minutes) in expected.items():
         job_id, job = one(doc, "databricks_job", name=f"churn-{name}")
         assert job["run_as"] == {"service_principal_name": runner}
-        assert job["timeout_seconds"] == env.training.job_timeout_minutes * 60
+        assert job["timeout_seconds"] == timeout_minutes * 60
         assert (job["max_concurrent_runs"], job["queue"]) == (1, {"enabled": True})
         (cluster,) = job["job_cluster"]
         assert cluster["new_cluster"]["spark_version"] == env.databricks.spark_version
-        assert cluster["new_cluster"]["node_type_id"] == ref("data.databricks_node_type", node_id, "id")
-        assert cluster["new_cluster"]["num_workers"] == 0
+        if name != "score":
+            assert cluster["new_cluster"]["node_type_id"] == ref("data.databricks_node_type", node_id, "id")
+            assert cluster["new_cluster"]["num_workers"] == 0
         (task,) = job["task"]
         notebook = one(doc, "databricks_notebook", path=f"{WORKSPACE_ROOT}/notebooks/{name}_churn")[0]
         assert task["job_cluster_key"] == cluster["job_cluster_key"]
@@ -651,6 +663,66 @@ def test_jobs_run_the_notebooks_as_the_automation_identity(docs, envs, key):
         assert {package.split("==")[0] for package in packages} >= set(MODEL_LIBRARIES)
         one(doc, "databricks_permissions", job_id=ref("databricks_job", job_id, "id"),
             access_control=[{"service_principal_name": runner, "permission_level": "CAN_MANAGE_RUN"}])
+
+
+@ALL
+def test_the_monitor_may_start_training_as_the_identity_it_runs_as(docs, key):
+    """churn-monitor starts churn-train when a threshold is crossed: its run-as identity needs CAN_MANAGE_RUN."""
+    doc = docs[key]
+    _, monitor = one(doc, "databricks_job", name="churn-monitor")
+    train_id, _ = one(doc, "databricks_job", name="churn-train")
+    _, access = one(doc, "databricks_permissions", job_id=ref("databricks_job", train_id, "id"))
+    assert access["access_control"] == [
+        {"service_principal_name": monitor["run_as"]["service_principal_name"], "permission_level": "CAN_MANAGE_RUN"}
+    ]
+    packages = {library["pypi"]["package"].split("==")[0] for library in monitor["task"][0]["library"]}
+    assert {"databricks-sdk", "azure-mgmt-monitor"} <= packages
+
+
+@pytest.mark.parametrize("key", ["dev", "prod"])
+def test_scoring_runs_on_one_smallest_node_by_default(docs, key):
+    node_id, _ = one(docs[key], "databricks_node_type", block="data")
+    _, job = one(docs[key], "databricks_job", name="churn-score")
+    (cluster,) = job["job_cluster"]
+    assert cluster["new_cluster"]["num_workers"] == 0
+    assert cluster["new_cluster"]["spark_conf"]["spark.databricks.cluster.profile"] == "singleNode"
+    assert cluster["new_cluster"]["node_type_id"] == ref("data.databricks_node_type", node_id, "id")
+
+
+def test_a_bigger_customer_base_is_a_config_change(docs, envs):
+    assert (envs["custom"].scoring.workers, envs["custom"].scoring.node_type) == (4, "Standard_D8ds_v5")
+    _, job = one(docs["custom"], "databricks_job", name="churn-score")
+    (cluster,) = job["job_cluster"]
+    assert cluster["job_cluster_key"] == job["task"][0]["job_cluster_key"] == "workers"
+    new_cluster = cluster["new_cluster"]
+    assert (new_cluster["num_workers"], new_cluster["node_type_id"]) == (4, "Standard_D8ds_v5")
+    assert "spark_conf" not in new_cluster and "custom_tags" not in new_cluster  # multi-node, no single-node profile
+
+
+@ALL
+def test_scoring_and_monitoring_run_on_schedules_from_config_paused_in_dev(docs, envs, key):
+    doc, env = docs[key], envs[key]
+    paused = {"dev": "PAUSED", "prod": "UNPAUSED", "custom": "UNPAUSED"}[key]
+    for name, settings in (("score", env.scoring), ("monitor", env.monitoring)):
+        _, job = one(doc, "databricks_job", name=f"churn-{name}")
+        assert job["schedule"] == {
+            "quartz_cron_expression": settings.schedule, "timezone_id": settings.timezone, "pause_status": paused,
+        }
+    for name in ("train", "deploy"):  # started by the pipeline and the CLI, never on a schedule
+        assert "schedule" not in one(doc, "databricks_job", name=f"churn-{name}")[1]
+    if key == "custom":
+        assert (env.scoring.schedule, env.scoring.timezone) == ("0 30 2 1 * ?", "Europe/Amsterdam")
+
+
+@ALL
+def test_every_job_tells_the_alert_receivers_when_it_fails(docs, envs, key):
+    emails = list(envs[key].alerts.emails)
+    assert bool(emails) is (key == "custom")
+    for job in of_type(docs[key], "databricks_job").values():
+        if emails:
+            assert job["email_notifications"] == {"on_failure": emails}
+        else:
+            assert "email_notifications" not in job
 
 
 @ALL
@@ -693,8 +765,9 @@ def test_a_job_library_missing_from_the_lock_is_a_clear_error(source_root, tmp_p
 
 
 def test_job_timeout_follows_config(docs):
-    timeouts = {job["timeout_seconds"] for job in of_type(docs["custom"], "databricks_job").values()}
-    assert timeouts == {45 * 60}
+    timeouts = {job["name"]: job["timeout_seconds"] for job in of_type(docs["custom"], "databricks_job").values()}
+    assert timeouts == {"churn-train": 45 * 60, "churn-deploy": 45 * 60, "churn-score": 240 * 60,
+                        "churn-monitor": 30 * 60}
 
 
 @ALL
@@ -767,6 +840,84 @@ def test_missing_notebook_is_a_clear_error(tmp_path):
         ChurnPlatformStack(cdk_app(tmp_path / "out"), load_environment("dev"), source_root=tmp_path)
 
 
+# --- alerts ------------------------------------------------------------------------------------
+
+SIGNAL_COLUMNS = {
+    "p95-latency": ("AmlOnlineEndpointTrafficLog", "percentile(TotalDurationMs, 95)"),
+    "5xx-rate": ("AmlOnlineEndpointTrafficLog", "countif(toint(ResponseCode) >= 500)"),
+    "cpu": ("AzureMetrics", '"CpuUtilizationPercentage"'),
+    "memory": ("AzureMetrics", '"CpuMemoryUtilizationPercentage"'),
+}
+
+
+@ALL
+def test_the_action_group_reaches_the_configured_receivers(docs, envs, key):
+    doc, env = docs[key], envs[key]
+    _, group = one(doc, "azurerm_monitor_action_group")
+    assert (group["name"], group["short_name"]) == (f"ag-{env.prefix}-churn", env.prefix)
+    assert group["resource_group_name"] == group_reference(doc, "name")
+    receivers = [(r["email_address"], r["use_common_alert_schema"]) for r in group.get("email_receiver", [])]
+    assert receivers == [(email, True) for email in env.alerts.emails]
+
+
+@ALL
+def test_each_serving_slot_has_latency_error_cpu_and_memory_alerts_on_the_log_workspace(docs, envs, key):
+    """The endpoints are created by `release`, so the rules query the Log Analytics workspace (which exists at
+    apply time) for this environment's endpoint names; release's diagnostic settings fill the tables."""
+    doc, env = docs[key], envs[key]
+    alerts = env.alerts
+    logs = ref("azurerm_log_analytics_workspace", one(doc, "azurerm_log_analytics_workspace")[0], "id")
+    group = ref("azurerm_monitor_action_group", one(doc, "azurerm_monitor_action_group")[0], "id")
+    thresholds = {"p95-latency": alerts.p95_latency_ms, "5xx-rate": alerts.error_rate_percent,
+                  "cpu": alerts.cpu_percent, "memory": alerts.memory_percent}
+    rules = {rule["name"]: rule for rule in of_type(doc, "azurerm_monitor_scheduled_query_rules_alert_v2").values()}
+    assert len(rules) == 8
+    for slot in ("stage", "prod"):
+        endpoint, other = env.endpoint_name(slot), env.endpoint_name("prod" if slot == "stage" else "stage")
+        for signal, (table, measure) in SIGNAL_COLUMNS.items():
+            rule = rules[f"{endpoint}-{signal}"]
+            assert rule["scopes"] == [logs]
+            assert rule["action"] == {"action_groups": [group]}
+            assert (rule["evaluation_frequency"], rule["window_duration"]) == (
+                f"PT{alerts.frequency_minutes}M", f"PT{alerts.window_minutes}M")
+            assert rule["location"] == group_reference(doc, "location")
+            assert rule["skip_query_validation"] is True  # the tables appear with the first logged request
+            (criteria,) = rule["criteria"]
+            assert (criteria["operator"], criteria["threshold"]) == ("GreaterThan", thresholds[signal])
+            assert (criteria["metric_measure_column"], criteria["time_aggregation_method"]) == ("value", "Maximum")
+            query = criteria["query"]
+            assert query.startswith(table) and measure in query and "value =" in query
+            assert endpoint in query and other not in query
+    if key == "custom":
+        assert thresholds == {"p95-latency": 400, "5xx-rate": 2.5, "cpu": 70, "memory": 75}
+
+
+def test_the_error_rate_needs_enough_requests_to_mean_something(docs, envs):
+    endpoint = envs["dev"].endpoint_name("prod")
+    (rule,) = [r for r in of_type(docs["dev"], "azurerm_monitor_scheduled_query_rules_alert_v2").values()
+               if r["name"] == f"{endpoint}-5xx-rate"]
+    assert f"| where total >= {MIN_REQUESTS_FOR_ERROR_RATE}" in rule["criteria"][0]["query"]
+
+
+@pytest.mark.parametrize(
+    ("table", "problem"),
+    [
+        ('[environments.dev.alerts]\nwindow_minutes = 5\nfrequency_minutes = 10\n',
+         "key 'alerts.frequency_minutes': 10 is longer than window_minutes \\(5\\)"),
+        ('[environments.dev.alerts]\nwindow_minutes = 7\n', "key 'alerts.window_minutes': 7 is not one of"),
+        ('[environments.dev.alerts]\nemails = ["not-an-address"]\n', "key 'alerts.emails.0': 'not-an-address'"),
+        ('[environments.dev.scoring]\nschedule = "0 0 5 * * MON"\n',
+         "key 'scoring.schedule': '0 0 5 \\* \\* MON' is not a Quartz cron Databricks takes"),
+        ('[environments.dev.monitoring]\nschedule = "daily"\n', "key 'monitoring.schedule': 'daily' does not match"),
+        ('[environments.dev.scoring]\nworkers = 2.5\n', "key 'scoring.workers': 2.5 is not of type 'integer'"),
+    ],
+)
+def test_bad_job_and_alert_settings_are_one_line_config_errors(write_config, table, problem):
+    text = re.sub(r"\[environments\.dev\.(scoring|monitoring)\]\npaused = true", "", SHIPPED_CONFIG.read_text())
+    with pytest.raises(ConfigError, match=f"environment 'dev' {problem}"):
+        load_environment("dev", write_config(text + "\n" + table))
+
+
 # --- the app and the summary --------------------------------------------------------------------
 
 
@@ -796,7 +947,7 @@ def test_summary_counts_resources_and_lists_outputs(docs, tmp_path, capsys):
     assert summary.main([str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert "churn-dev would create:" in printed and "churn-prod would create:" in printed
-    assert re.search(r"^\s+2  databricks_job$", printed, re.MULTILINE)
+    assert re.search(r"^\s+4  databricks_job$", printed, re.MULTILINE)
     total = sum(len(items) for items in docs["dev"]["resource"].values())
     assert f"{total:3d}  resources in total; state backend: local" in printed
     assert "outputs: " + ", ".join(sorted(OUTPUT_NAMES)) in printed
