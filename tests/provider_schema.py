@@ -125,7 +125,10 @@ def terraform_name(prop: dict[str, Any]) -> str:
 
 
 def snake(camel: str) -> str:
-    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", camel).lower()
+    """camelCase to snake_case, for the computed attributes no registry link names (`isALegacyRule` ->
+    `is_a_legacy_rule`). Digits stay with the word before them, which is right for every attribute the
+    stacks reference, though not for every name a provider has (`kerberos_5i_...`)."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", camel).lower()
 
 
 def struct_in(type_ref: dict[str, Any]) -> str | None:

@@ -72,6 +72,9 @@ def test_renamed_properties_map_to_their_terraform_names(schemas):
     rule = schemas.block("resource", "azurerm_netapp_volume").arguments["export_policy_rule"].block
     assert "kerberos_5i_read_only_enabled" in rule.arguments
     assert snake("kerberos5IReadOnlyEnabled") != "kerberos_5i_read_only_enabled"
+    # A computed attribute has no link: its name comes from the camelCase getter, capital runs split correctly.
+    alert = schemas.block("resource", "azurerm_monitor_scheduled_query_rules_alert_v2")
+    assert "is_a_legacy_log_analytics_rule" in alert.attributes
 
 
 # --- the checker fails on bad blocks ------------------------------------------------------------------
