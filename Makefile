@@ -4,6 +4,8 @@
 #   make bench  medians of synthesis, CLI start-up, local training and release
 #   make infra-diff ENV=dev / make infra-deploy ENV=dev   cdktn diff / deploy of stack churn-<ENV>
 #   make infra-check-state ENV=dev   refuse an environment whose Terraform state would stay on this machine
+#   make infra-destroy ENV=dev   cdktn destroy of a disposable environment's stack (docs/runbook.md)
+#   make live-test ENV=dev LIVE_CONFIRM=yes   the opt-in suite against a real subscription (docs/runbook.md)
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -54,7 +56,7 @@ export TF_CLI_CONFIG_FILE := $(CURDIR)/$(TOOLS)/terraformrc
 ENV ?= dev
 CDKTN_ARGS ?=
 
-.PHONY: help install demo test lint scan synth summary bench down clean infra-diff infra-deploy infra-check-state
+.PHONY: help install demo test lint scan synth summary bench down clean infra-diff infra-deploy infra-check-state infra-destroy live-test
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -100,11 +102,23 @@ infra-deploy: install
 infra-check-state:
 	@$(PY) -c "import sys; from config import load_environment; env = load_environment('$(ENV)'); env.state_backend or sys.exit(f'environment {env.name} has no [environments.{env.name}.state_backend] in config/environments.toml; a pipeline needs remote state (docs/runbook.md)')"
 
+# CHURN_TEARDOWN lets this one stack's Databricks workspace be destroyed (it is prevent_destroy otherwise);
+# main.py refuses it for a purge-protected environment.
+infra-destroy: install
+	CHURN_TEARDOWN=churn-$(ENV) $(CDKTN) destroy churn-$(ENV) $(CDKTN_ARGS)
+
+# A throwaway copy of environment ENV, from deploy to destroy, on a real subscription. It prints its cost and
+# time estimate first and runs only with LIVE_CONFIRM=yes; `make test` never runs it (pyproject.toml).
+live-test: install
+	LIVE_ENV=$(ENV) $(PY) -m pytest -m live -s -p no:cacheprovider tests/live
+
 summary:
 	$(PY) -m stacks.summary cdktf.out
 
+# checkov reads a copy without terraform.required_version, which its JSON parser cannot read (stacks/scan_input.py).
 scan: synth
-	$(CHECKOV) --config-file .checkov.yaml -d cdktf.out --framework terraform_json --skip-download --quiet --compact
+	$(PY) -m stacks.scan_input cdktf.out cdktf.out/checkov
+	$(CHECKOV) --config-file .checkov.yaml -d cdktf.out/checkov --framework terraform_json --skip-download --quiet --compact
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -168,6 +168,47 @@ class SecretPolicy:
 
 
 @dataclass(frozen=True)
+class DatabricksSettings:
+    # Pinned, never "latest LTS": the 15.4 LTS ML line runs Spark 3.5 and Python 3.11, as the local pyspark does.
+    spark_version: str = "15.4.x-cpu-ml-scala2.12"
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """The churn-score job: its cluster (a bigger customer base is a config change) and its schedule."""
+
+    workers: int = 0  # 0: one node
+    node_type: str = ""  # empty: the smallest with a local disk
+    schedule: str = "0 0 5 ? * MON"  # Quartz: every Monday 05:00
+    timezone: str = "UTC"
+    paused: bool = False
+    job_timeout_minutes: int = 120
+
+
+@dataclass(frozen=True)
+class Monitoring:
+    """The churn-monitor job's schedule."""
+
+    schedule: str = "0 0 6 * * ?"  # Quartz: every day 06:00
+    timezone: str = "UTC"
+    paused: bool = False
+    job_timeout_minutes: int = 60
+
+
+@dataclass(frozen=True)
+class Alerts:
+    """Who hears about failures, and the thresholds of each serving slot's alert rules."""
+
+    emails: tuple[str, ...] = ()
+    p95_latency_ms: int = 1000
+    error_rate_percent: float = 5.0
+    cpu_percent: int = 85
+    memory_percent: int = 85
+    window_minutes: int = 15
+    frequency_minutes: int = 5
+
+
+@dataclass(frozen=True)
 class Training:
     job_timeout_minutes: int = 60
 
@@ -196,6 +237,9 @@ class EnvConfig:
     purge_protection: bool
     outputs_file: Path
     key_vault_allowed_ips: tuple[str, ...] = ()
+    register_resource_providers: bool = True
+    existing_resource_group: str | None = None  # pre-created; the stack looks it up instead of creating it
+    application_owners: tuple[str, ...] = ()  # object ids, lower case; empty: whoever runs apply
     role_assignments: tuple[RoleAssignment, ...] = ()
     federation: tuple[FederatedCredential, ...] = ()
     state_backend: StateBackend | None = None
@@ -205,12 +249,21 @@ class EnvConfig:
     secret: SecretPolicy = field(default_factory=SecretPolicy)
     training: Training = field(default_factory=Training)
     locks: LockPolicy = field(default_factory=LockPolicy)
+    databricks: DatabricksSettings = field(default_factory=DatabricksSettings)
+    scoring: Scoring = field(default_factory=Scoring)
+    monitoring: Monitoring = field(default_factory=Monitoring)
+    alerts: Alerts = field(default_factory=Alerts)
     local: LocalSettings = field(default_factory=LocalSettings)
     names: naming.Names | None = None
 
     @property
     def is_local(self) -> bool:
         return self.kind == "local"
+
+    @property
+    def disposable(self) -> bool:
+        """Torn down and re-created (dev): no purge protection, so `destroy` purges and clears everything."""
+        return not self.purge_protection
 
     @property
     def stack_name(self) -> str:
@@ -384,6 +437,10 @@ def _build(name: str, table: dict[str, Any]) -> EnvConfig:
         secret=SecretPolicy(**table.get("secret", {})),
         training=Training(**table.get("training", {})),
         locks=LockPolicy(**table.get("locks", {})),
+        databricks=DatabricksSettings(**table.get("databricks", {})),
+        scoring=_scheduled(name, "scoring", Scoring(**table.get("scoring", {}))),
+        monitoring=_scheduled(name, "monitoring", Monitoring(**table.get("monitoring", {}))),
+        alerts=_alerts(name, table.get("alerts", {})),
     )
     if kind == "local":
         local = dict(table.get("local", {}))
@@ -425,12 +482,33 @@ def _build(name: str, table: dict[str, Any]) -> EnvConfig:
         subscription_id=table.get("subscription_id"),
         purge_protection=table.get("purge_protection", True),
         key_vault_allowed_ips=tuple(table.get("key_vault_allowed_ips", ())),
+        register_resource_providers=table.get("register_resource_providers", True),
+        existing_resource_group=table.get("existing_resource_group"),
+        application_owners=tuple(owner.lower() for owner in table.get("application_owners", ())),
         outputs_file=PROJECT_ROOT / table.get("outputs_file", f"outputs/churn-{name}.json"),
         role_assignments=roles,
         federation=_federation(name, table.get("federation", [])),
         state_backend=StateBackend(**table["state_backend"]) if "state_backend" in table else None,
         names=names,
     )
+
+
+def _scheduled(env: str, key: str, job: Scoring | Monitoring) -> Scoring | Monitoring:
+    """Databricks' Quartz cron asks for '?' in exactly one of day-of-month and day-of-week."""
+    fields_ = job.schedule.split()
+    if (fields_[3] == "?") == (fields_[5] == "?"):
+        raise ConfigError(env, f"{key}.schedule", f"'{job.schedule}' is not a Quartz cron Databricks takes; expected "
+                          "'?' in exactly one of day-of-month (4th field) and day-of-week (6th), e.g. '0 0 5 ? * MON'")
+    return job
+
+
+def _alerts(env: str, table: dict[str, Any]) -> Alerts:
+    alerts = Alerts(**{**table, "emails": tuple(table.get("emails", ()))})
+    if alerts.frequency_minutes > alerts.window_minutes:
+        raise ConfigError(env, "alerts.frequency_minutes", f"{alerts.frequency_minutes} is longer than "
+                          f"window_minutes ({alerts.window_minutes}); expected at most window_minutes, so no "
+                          "minute goes unevaluated")
+    return alerts
 
 
 def _endpoint_fields(cloud: CloudEndpoints) -> dict[str, str]:

@@ -1,9 +1,10 @@
 """The automation identity: the Entra ID application and service principal notebooks and pipelines run as.
 
 Terraform creates no password for it: `python -m deploy rotate-secret` owns its credentials, so no
-client secret ever lands in Terraform state. The deploying principal owns the application, which is
-what lets rotation work with only Graph `Application.ReadWrite.OwnedBy`. Azure DevOps service
-connections and GitHub Actions jobs sign in as it, without a secret, through the federated
+client secret ever lands in Terraform state. The deploying principals own the application, which is
+what lets apply and rotation work with only Graph `Application.ReadWrite.OwnedBy`; the owners come from
+config (`application_owners`), so a change of who runs apply is no change of owners. Azure DevOps
+service connections and GitHub Actions jobs sign in as it, without a secret, through the federated
 credentials `[[environments.<env>.federation]]` lists.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+from cdktn import Fn, Precondition, TerraformResourceLifecycle
 from cdktn_provider_azuread.application import Application
 from cdktn_provider_azuread.application_federated_identity_credential import ApplicationFederatedIdentityCredential
 from cdktn_provider_azuread.service_principal import ServicePrincipal
@@ -25,15 +27,17 @@ FEDERATION_AUDIENCE = "api://AzureADTokenExchange"
 
 
 class AutomationIdentity(Construct):
-    def __init__(self, scope: Construct, id_: str, *, env: EnvConfig, owner_object_id: str):
+    def __init__(self, scope: Construct, id_: str, *, env: EnvConfig, deployer_object_id: str):
         super().__init__(scope, id_)
         self._env = env
+        owners = list(env.application_owners) or [deployer_object_id]
         self.application = Application(
-            self, "application", display_name=env.names.automation_app, owners=[owner_object_id],
+            self, "application", display_name=env.names.automation_app, owners=owners,
             sign_in_audience="AzureADMyOrg", prevent_duplicate_names=True,
+            lifecycle=self._deployer_must_own(deployer_object_id) if env.application_owners else None,
         )
         self.service_principal = ServicePrincipal(
-            self, "service_principal", client_id=self.application.client_id, owners=[owner_object_id],
+            self, "service_principal", client_id=self.application.client_id, owners=owners,
         )
         self.federated_credentials = [
             ApplicationFederatedIdentityCredential(
@@ -44,6 +48,16 @@ class AutomationIdentity(Construct):
             )
             for wanted in env.federation
         ]
+
+    def _deployer_must_own(self, deployer_object_id: str) -> TerraformResourceLifecycle:
+        """Refuse at plan time what Graph would refuse mid-apply: a principal changing an application it does
+        not own (Application.ReadWrite.OwnedBy)."""
+        return TerraformResourceLifecycle(precondition=[Precondition(
+            condition=Fn.contains(list(self._env.application_owners), deployer_object_id),
+            error_message=f"The principal running Terraform (object id {deployer_object_id}) is not in "
+            f"application_owners of environment '{self._env.name}'; expected it listed in config/environments.toml "
+            "(only an owner may change the automation application with Application.ReadWrite.OwnedBy).",
+        )])
 
     @property
     def client_id(self) -> str:

@@ -12,10 +12,10 @@ from cdktn_provider_azurerm.application_insights import ApplicationInsights
 from cdktn_provider_azurerm.container_registry import ContainerRegistry
 from cdktn_provider_azurerm.log_analytics_workspace import LogAnalyticsWorkspace
 from cdktn_provider_azurerm.machine_learning_workspace import MachineLearningWorkspace, MachineLearningWorkspaceIdentity
-from cdktn_provider_azurerm.resource_group import ResourceGroup
 from constructs import Construct
 
 from config import EnvConfig
+from stacks.resource_group import ResourceGroupLike
 from stacks.secrets import hardened_key_vault
 from stacks.storage import hardened_storage_account
 
@@ -29,7 +29,9 @@ AZUREML_API_DOMAIN = {
 
 
 class MachineLearning(Construct):
-    def __init__(self, scope: Construct, id_: str, *, env: EnvConfig, resource_group: ResourceGroup, tenant_id: str):
+    def __init__(
+        self, scope: Construct, id_: str, *, env: EnvConfig, resource_group: ResourceGroupLike, tenant_id: str
+    ):
         super().__init__(scope, id_)
         names = env.names
         place = {"resource_group_name": resource_group.name, "location": resource_group.location, "tags": env.tags}

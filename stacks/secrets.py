@@ -11,18 +11,18 @@ from __future__ import annotations
 from cdktn_provider_azuread.data_azuread_service_principal import DataAzureadServicePrincipal
 from cdktn_provider_azurerm.data_azurerm_client_config import DataAzurermClientConfig
 from cdktn_provider_azurerm.key_vault import KeyVault, KeyVaultNetworkAcls
-from cdktn_provider_azurerm.resource_group import ResourceGroup
 from cdktn_provider_azurerm.role_assignment import RoleAssignment
 from constructs import Construct
 
 from config import AZURE_DATABRICKS_APP_ID, EnvConfig
 from stacks.monitoring import send_logs
+from stacks.resource_group import ResourceGroupLike
 
 SOFT_DELETE_DAYS = 90
 
 
 def hardened_key_vault(
-    scope: Construct, id_: str, *, name: str, env: EnvConfig, resource_group: ResourceGroup, tenant_id: str,
+    scope: Construct, id_: str, *, name: str, env: EnvConfig, resource_group: ResourceGroupLike, tenant_id: str,
     rbac: bool,
 ) -> KeyVault:
     """A standard vault with soft delete, the environment's purge protection and a deny-by-default firewall.
@@ -52,7 +52,7 @@ class SecretStore(Construct):
     """The ops Key Vault and who may touch its secrets."""
 
     def __init__(
-        self, scope: Construct, id_: str, *, env: EnvConfig, resource_group: ResourceGroup,
+        self, scope: Construct, id_: str, *, env: EnvConfig, resource_group: ResourceGroupLike,
         client: DataAzurermClientConfig, log_analytics_id: str,
     ):
         super().__init__(scope, id_)

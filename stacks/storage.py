@@ -9,7 +9,6 @@ accounts from addresses a starter kit cannot pin without VNet injection or priva
 
 from __future__ import annotations
 
-from cdktn_provider_azurerm.resource_group import ResourceGroup
 from cdktn_provider_azurerm.storage_account import (
     StorageAccount,
     StorageAccountBlobProperties,
@@ -22,12 +21,13 @@ from constructs import Construct
 
 from config import EnvConfig
 from stacks.monitoring import send_logs
+from stacks.resource_group import ResourceGroupLike
 
 SOFT_DELETE_DAYS = 7
 
 
 def hardened_storage_account(
-    scope: Construct, id_: str, *, name: str, env: EnvConfig, resource_group: ResourceGroup, hierarchical: bool
+    scope: Construct, id_: str, *, name: str, env: EnvConfig, resource_group: ResourceGroupLike, hierarchical: bool
 ) -> StorageAccount:
     """A StorageV2 account with the defaults above; `hierarchical` turns on ADLS Gen2 (HNS)."""
     return StorageAccount(
@@ -64,7 +64,7 @@ class ChurnDataStorage(Construct):
     """The ADLS Gen2 account and its `churndata` container, where each build leaves its audit trail."""
 
     def __init__(
-        self, scope: Construct, id_: str, *, env: EnvConfig, resource_group: ResourceGroup, log_analytics_id: str
+        self, scope: Construct, id_: str, *, env: EnvConfig, resource_group: ResourceGroupLike, log_analytics_id: str
     ):
         super().__init__(scope, id_)
         self.account = hardened_storage_account(

@@ -33,6 +33,9 @@ def _loopback_only(connect: Callable[..., Any]) -> Callable[..., Any]:
 
 socket.socket.connect = _loopback_only(socket.socket.connect)  # type: ignore[method-assign]
 socket.socket.connect_ex = _loopback_only(socket.socket.connect_ex)  # type: ignore[method-assign]
+
+# The synthesized stacks, once per session, for every module that checks them.
+pytest_plugins = ("tests.stack_fixtures",)
 SHIPPED_CONFIG = PROJECT_ROOT / "config" / "environments.toml"
 
 

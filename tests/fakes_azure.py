@@ -401,6 +401,8 @@ resource_manager = "{fake.base_url}"
         "key_vault_uri": fake.base_url + "/", "client_secret_name": SECRET_NAME,
         "automation_client_id": fake.client_id, "automation_application_object_id": fake.application_object_id,
         "data_account": f"st{PREFIX}data", "data_container": "churndata", "train_job_id": "1", "deploy_job_id": "2",
+        "score_job_id": "3", "monitor_job_id": "4", "log_analytics_workspace_id": f"{GROUP_ID}/log",
+        "alerts_action_group_id": f"{GROUP_ID}/ag",
     }
     outputs = directory / "outputs.json"
     outputs.write_text(json.dumps({f"churn-{ENV_NAME}": values}))

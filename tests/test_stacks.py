@@ -1,10 +1,9 @@
 """Synthesis tests of the platform stacks: every resource exists and is wired to this environment's others.
 
-Each environment is synthesized once per module (synthesis costs about a second, the provider imports
-several more). Besides the shipped dev and prod, a "custom" dev environment turns on every optional
-feature: federation, an azurerm state backend, a subscription id, every symbolic role scope and a
-non-default job timeout. Terraform itself cannot run here (no provider downloads), so these tests check
-the synthesized JSON, the contract Terraform would receive.
+The stacks are synthesized once per session (tests/stack_fixtures.py: the shipped dev and prod, and a
+"custom" dev environment with every optional feature on). Terraform itself cannot run here (no provider
+downloads), so these tests check the synthesized JSON, the contract Terraform would receive;
+tests/test_provider_schema.py checks the same JSON against the providers' own schemas.
 """
 
 from __future__ import annotations
@@ -19,6 +18,7 @@ from typing import Any
 
 import pytest
 
+import main
 from config import ConfigError, load_all, load_environment
 from deploy.platform.outputs import OUTPUT_NAMES
 from tests.conftest import PROJECT_ROOT, SHIPPED_CONFIG
@@ -29,41 +29,17 @@ from cdktn import Testing as CdkTesting
 from config import AZURE_DATABRICKS_APP_ID
 from stacks import summary
 from stacks.databricks import (
+    MODEL_LIBRARIES,
     NOTEBOOKS,
     SECRET_SCOPE,
     WORKSPACE_ROOT,
     MissingSource,
     project_files,
 )
-from stacks.platform import ChurnPlatformStack
+from stacks.monitoring import MIN_REQUESTS_FOR_ERROR_RATE
+from stacks.platform import RESOURCE_PROVIDERS, TERRAFORM_VERSION, ChurnPlatformStack
+from tests.stack_fixtures import cdk_app
 
-CUSTOM_DEV = """
-subscription_id = "00000000-0000-0000-0000-00000000abcd"
-role_assignments = [
-  { role = "Contributor", scope = "resource_group" },
-  { role = "AzureML Data Scientist", scope = "ml_workspace" },
-  { role = "Storage Blob Data Reader", scope = "ml_storage" },
-  { role = "Key Vault Secrets User", scope = "key_vault" },
-  { role = "Storage Blob Data Reader", scope = "data_account" },
-  { role = "Storage Blob Data Contributor", scope = "data_container" },
-]
-state_backend = { resource_group = "rg-tfstate", storage_account = "sttfstate001", container = "tfstate" }
-key_vault_allowed_ips = ["203.0.113.0/28"]
-
-[environments.dev.training]
-job_timeout_minutes = 45
-
-[[environments.dev.federation]]
-name = "azure-devops"
-issuer = "https://login.microsoftonline.com/00000000-0000-0000-0000-0000000000aa/v2.0"
-subject = "/eid1/c/pub/t/qgAAAAAAAAAAAAAAAAAAAA/a/uwAAAAAAAAAAAAAAAAAAAA/sc/\
-00000000-0000-0000-0000-0000000000cc/00000000-0000-0000-0000-0000000000dd"
-
-[[environments.dev.federation]]
-name = "github-prod"
-issuer = "https://token.actions.githubusercontent.com"
-subject = "repo:contoso/churn-mlops:environment:churn-dev-prod"
-"""
 SCOPE_TYPES = {
     "resource_group": "azurerm_resource_group",
     "ml_workspace": "azurerm_machine_learning_workspace",
@@ -75,63 +51,7 @@ SCOPE_TYPES = {
 GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
 
 
-# --- fixtures -----------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def source_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The repository, or, while the notebooks are still missing, a throw-away copy with stand-in notebooks."""
-    if all((PROJECT_ROOT / "notebooks" / f"{name}.py").exists() for name in NOTEBOOKS):
-        return PROJECT_ROOT
-    root = tmp_path_factory.mktemp("source")
-    for entry in ("config", "deploy", "Pipfile.lock"):
-        (root / entry).symlink_to(PROJECT_ROOT / entry)
-    (root / "notebooks").mkdir()
-    for name in NOTEBOOKS:
-        (root / "notebooks" / f"{name}.py").write_text(f"# Databricks notebook source\nprint('{name}')\n")
-    return root
-
-
-@pytest.fixture(scope="module")
-def custom_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    text = SHIPPED_CONFIG.read_text()
-    anchor = "purge_protection = false"
-    line_end = text.index("\n", text.index(anchor))
-    path = tmp_path_factory.mktemp("config") / "environments.toml"
-    path.write_text(text[:line_end + 1] + CUSTOM_DEV + text[line_end + 1:])
-    return path
-
-
-def cdk_app(outdir: Path) -> Any:
-    """A cdktn test app writing into a pytest folder (left alone, it leaves cdktf.outdir.* folders in TMPDIR)."""
-    return CdkTesting.app(outdir=str(outdir))
-
-
-@pytest.fixture(scope="module")
-def synthesized(
-    source_root: Path, custom_config: Path, tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, tuple[Any, str]]:
-    """{"dev" | "prod" | "custom": (EnvConfig, synthesized JSON text)}."""
-    shipped = load_all()
-    envs = {"dev": shipped["dev"], "prod": shipped["prod"], "custom": load_environment("dev", custom_config)}
-    return {
-        key: (env, CdkTesting.synth(ChurnPlatformStack(
-            cdk_app(tmp_path_factory.mktemp(key)), env, source_root=source_root
-        )))
-        for key, env in envs.items()
-    }
-
-
-@pytest.fixture(scope="module")
-def docs(synthesized: dict[str, tuple[Any, str]]) -> dict[str, dict[str, Any]]:
-    return {key: json.loads(text) for key, (_, text) in synthesized.items()}
-
-
-@pytest.fixture(scope="module")
-def envs(synthesized: dict[str, tuple[Any, str]]) -> dict[str, Any]:
-    return {key: env for key, (env, _) in synthesized.items()}
-
-
+# The fixtures source_root, custom_config, synthesized, docs and envs come from tests/stack_fixtures.py.
 ALL = pytest.mark.parametrize("key", ["dev", "prod", "custom"])
 
 
@@ -159,6 +79,13 @@ def local_value(doc: dict[str, Any], expression: str) -> str:
     name = re.fullmatch(r"\$\{local\.([\w-]+)\}", expression)
     assert name, f"{expression} is not a local reference"
     return doc["locals"][name.group(1)]
+
+
+def group_reference(doc: dict[str, Any], attribute: str) -> str:
+    """`${...}` of the environment's resource group: the stack's own, or the existing one it looked up."""
+    if "azurerm_resource_group" in doc["resource"]:
+        return ref("azurerm_resource_group", one(doc, "azurerm_resource_group")[0], attribute)
+    return ref("data.azurerm_resource_group", one(doc, "azurerm_resource_group", block="data")[0], attribute)
 
 
 def ops_vault(doc: dict[str, Any], env: Any) -> str:
@@ -213,9 +140,13 @@ def test_outputs_point_at_this_stacks_resources(docs, envs, key):
     assert outputs["data_account"] == ref("azurerm_storage_account", data, "name")
     assert outputs["automation_client_id"] == ref("azuread_application", automation_app(doc), "client_id")
     assert outputs["automation_application_object_id"] == ref("azuread_application", automation_app(doc), "object_id")
-    for job in ("train", "deploy"):
+    for job in ("train", "deploy", "score", "monitor"):
         job_id = one(doc, "databricks_job", name=f"churn-{job}")[0]
         assert outputs[f"{job}_job_id"] == ref("databricks_job", job_id, "id")
+    logs = one(doc, "azurerm_log_analytics_workspace")[0]
+    assert outputs["log_analytics_workspace_id"] == ref("azurerm_log_analytics_workspace", logs, "id")
+    group = one(doc, "azurerm_monitor_action_group")[0]
+    assert outputs["alerts_action_group_id"] == ref("azurerm_monitor_action_group", group, "id")
 
 
 @ALL
@@ -230,12 +161,35 @@ def test_no_password_or_token_anywhere(docs, key):
             assert not {"token", "password", "client_secret", "access_key", "sas_token"} & set(settings)
 
 
+@pytest.mark.parametrize("key", ["dev", "prod"])
+def test_the_stack_creates_its_resource_group_by_default(docs, envs, key):
+    names = envs[key].names
+    assert CdkTesting.to_have_resource_with_properties(
+        json.dumps(docs[key]), "azurerm_resource_group", {"name": names.resource_group, "location": envs[key].location}
+    )
+    assert "azurerm_resource_group" not in docs[key].get("data", {})
+
+
+def test_an_existing_resource_group_is_looked_up_never_created(docs, envs):
+    """A principal whose rights end at a pre-created group can deploy: nothing asks to create or import it."""
+    doc, env = docs["custom"], envs["custom"]
+    assert "azurerm_resource_group" not in doc["resource"]
+    group_id, group = one(doc, "azurerm_resource_group", block="data")
+    assert group["name"] == env.existing_resource_group == "rg-platform-churn-dev"
+    # Resources land in the group's region, while the MLflow URI names the configured one: the plan checks both agree.
+    (check,) = group["lifecycle"]["postcondition"]
+    assert check["condition"] == '${self.location == "westeurope"}'
+    assert "is in ${self.location}; expected westeurope" in check["error_message"]
+    for kind in ("azurerm_key_vault", "azurerm_storage_account", "azurerm_databricks_workspace"):
+        for attrs in of_type(doc, kind).values():
+            assert attrs["resource_group_name"] == ref("data.azurerm_resource_group", group_id, "name")
+            assert attrs["location"] == ref("data.azurerm_resource_group", group_id, "location")
+    assert doc["output"]["resource_group"]["value"] == ref("data.azurerm_resource_group", group_id, "name")
+
+
 @ALL
 def test_every_azure_name_comes_from_the_environments_names(docs, envs, key):
     doc, names = docs[key], envs[key].names
-    assert CdkTesting.to_have_resource_with_properties(
-        json.dumps(doc), "azurerm_resource_group", {"name": names.resource_group, "location": envs[key].location}
-    )
     assert {a["name"] for a in of_type(doc, "azurerm_storage_account").values()} == {
         names.data_storage_account, names.ml_storage_account
     }
@@ -264,12 +218,88 @@ def test_prod_and_dev_share_no_globally_unique_name(docs):
 @ALL
 def test_azurerm_provider_uses_entra_id_for_storage_and_the_configured_subscription(synthesized, docs, envs, key):
     text, env = synthesized[key][1], envs[key]
-    expected = {"environment": "public", "storage_use_azuread": True, "features": [{"key_vault": [{
-        "purge_soft_delete_on_destroy": not env.purge_protection, "recover_soft_deleted_key_vaults": True}]}]}
+    expected = {"environment": "public", "storage_use_azuread": True}
     assert CdkTesting.to_have_provider_with_properties(text, "azurerm", expected)
     settings = docs[key]["provider"]["azurerm"][0]
     assert settings.get("subscription_id") == env.subscription_id  # None: ARM_SUBSCRIPTION_ID at plan time
     assert docs[key]["provider"]["azuread"] == [{"environment": "public"}]
+
+
+@ALL
+def test_destroy_leaves_nothing_behind_in_dev_and_keeps_the_safety_nets_in_prod(docs, envs, key):
+    """`cdktn destroy churn-dev` then `cdktn deploy churn-dev` must work; prod keeps its protections."""
+    disposable = envs[key].disposable
+    assert disposable is (key != "prod")
+    (settings,) = docs[key]["provider"]["azurerm"]
+    assert settings["features"] == [{
+        "key_vault": [{"purge_soft_delete_on_destroy": disposable, "recover_soft_deleted_key_vaults": True}],
+        "resource_group": [{"prevent_deletion_if_contains_resources": not disposable}],
+        "machine_learning": [{"purge_soft_deleted_workspace_on_destroy": disposable}],
+        "log_analytics_workspace": [{"permanently_delete_on_destroy": disposable}],
+        "databricks_workspace": [{"force_delete": disposable}],
+    }]
+    # Purge only where purge protection is off: a purge-protected vault refuses it.
+    for vault in of_type(docs[key], "azurerm_key_vault").values():
+        assert vault["purge_protection_enabled"] is not disposable
+
+
+@ALL
+def test_the_project_directory_is_deleted_with_the_folders_the_provider_created(docs, key):
+    _, directory = one(docs[key], "databricks_directory", path=WORKSPACE_ROOT)
+    assert directory["delete_recursive"] is True
+
+
+# Where each azurerm resource type lives; a type the stack starts using must be added here (and, if its
+# namespace is new, to RESOURCE_PROVIDERS and the runbook).
+TYPE_NAMESPACE = {
+    "azurerm_resource_group": "Microsoft.Resources",
+    "azurerm_role_assignment": "Microsoft.Authorization",
+    "azurerm_storage_account": "Microsoft.Storage",
+    "azurerm_storage_container": "Microsoft.Storage",
+    "azurerm_key_vault": "Microsoft.KeyVault",
+    "azurerm_container_registry": "Microsoft.ContainerRegistry",
+    "azurerm_log_analytics_workspace": "Microsoft.OperationalInsights",
+    "azurerm_application_insights": "microsoft.insights",
+    "azurerm_monitor_diagnostic_setting": "microsoft.insights",
+    "azurerm_monitor_action_group": "microsoft.insights",
+    "azurerm_monitor_scheduled_query_rules_alert_v2": "microsoft.insights",
+    "azurerm_machine_learning_workspace": "Microsoft.MachineLearningServices",
+    "azurerm_databricks_workspace": "Microsoft.Databricks",
+}
+ALWAYS_REGISTERED = {"Microsoft.Resources", "Microsoft.Authorization"}
+# Namespaces no resource of the stack names, and the resource that needs them.
+INDIRECT_NAMESPACES = {
+    "Microsoft.AlertsManagement": "azurerm_application_insights",  # its generated Failure Anomalies rule
+    "Microsoft.Compute": "azurerm_databricks_workspace",  # cluster VMs in the managed resource group
+    "Microsoft.Network": "azurerm_databricks_workspace",  # the managed VNet
+    "Microsoft.ManagedIdentity": "azurerm_databricks_workspace",  # a documented prerequisite
+}
+
+
+@pytest.mark.parametrize("key", ["dev", "prod"])
+def test_azurerm_registers_exactly_the_resource_providers_the_stack_uses(docs, key):
+    (settings,) = docs[key]["provider"]["azurerm"]
+    assert settings["resource_provider_registrations"] == "none"  # no preset: exactly the list below
+    registered = settings["resource_providers_to_register"]
+    assert registered == list(RESOURCE_PROVIDERS) and len(set(registered)) == len(registered)
+    kinds = [kind for kind in docs[key]["resource"] if kind.startswith("azurerm_")]
+    unknown = [kind for kind in kinds if kind not in TYPE_NAMESPACE]
+    assert unknown == [], "add these resource types to TYPE_NAMESPACE (and their namespace, if new, to the stack)"
+    used = {TYPE_NAMESPACE[kind] for kind in kinds} - ALWAYS_REGISTERED
+    assert set(registered) == used | set(INDIRECT_NAMESPACES)
+    assert set(INDIRECT_NAMESPACES.values()) <= set(kinds)
+
+
+def test_the_runbook_registers_the_same_providers_for_principals_without_subscription_rights():
+    runbook = (PROJECT_ROOT / "docs" / "runbook.md").read_text()
+    assert re.findall(r"^az provider register --namespace (\S+)$", runbook, re.MULTILINE) == list(RESOURCE_PROVIDERS)
+
+
+def test_no_registration_when_an_administrator_registered_the_providers(docs, envs):
+    assert envs["custom"].register_resource_providers is False
+    (settings,) = docs["custom"]["provider"]["azurerm"]
+    assert settings["resource_provider_registrations"] == "none"
+    assert "resource_providers_to_register" not in settings
 
 
 @ALL
@@ -281,6 +311,20 @@ def test_databricks_provider_targets_this_workspace_with_entra_id(docs, key):
     host = local_value(doc, settings["host"])
     assert host == "https://" + ref("azurerm_databricks_workspace", workspace, "workspace_url")
     assert set(settings) == {"azure_workspace_resource_id", "host"}
+
+
+@ALL
+def test_terraform_version_is_the_pipelines_and_every_provider_source_is_fully_qualified(docs, key):
+    settings = docs[key]["terraform"]
+    # Both CI systems install Terraform with .ci/install-terraform, which pins the version in one line.
+    installer = (PROJECT_ROOT / ".ci" / "install-terraform").read_text()
+    (version,) = re.findall(r"^TERRAFORM_VERSION=(\S+)$", installer, re.M)
+    assert version == TERRAFORM_VERSION
+    assert settings["required_version"] == f"~> {version}"
+    sources = {name: provider["source"] for name, provider in settings["required_providers"].items()}
+    assert sources == {
+        "azurerm": "hashicorp/azurerm", "azuread": "hashicorp/azuread", "databricks": "databricks/databricks"
+    }
 
 
 @pytest.mark.parametrize("key", ["dev", "prod"])
@@ -303,16 +347,41 @@ def test_state_backend_is_azurerm_with_entra_id_when_configured(docs):
 # --- identity -----------------------------------------------------------------------------------
 
 
-@ALL
-def test_automation_identity_is_owned_by_the_deploying_principal(docs, key):
+@pytest.mark.parametrize("key", ["dev", "prod"])
+def test_automation_identity_is_owned_by_the_deploying_principal_by_default(docs, key):
     doc = docs[key]
     deployer = ref("data.azurerm_client_config", "client", "object_id")
     app_id, app = one(doc, "azuread_application")
     assert app["owners"] == [deployer]
     assert app["sign_in_audience"] == "AzureADMyOrg"
+    assert "lifecycle" not in app
     _, principal = one(doc, "azuread_service_principal")
     assert principal["client_id"] == ref("azuread_application", app_id, "client_id")
     assert principal["owners"] == [deployer]
+
+
+def test_configured_owners_do_not_follow_whoever_runs_apply(docs, envs):
+    """The pipeline's principal taking over from the first deployer must not be an owner change, which
+    Application.ReadWrite.OwnedBy cannot make."""
+    doc = docs["custom"]
+    owners = ["0a0a0a0a-0000-4000-8000-00000000000a", "0b0b0b0b-0000-4000-8000-00000000000b"]
+    assert list(envs["custom"].application_owners) == owners  # stored in lower case
+    _, app = one(doc, "azuread_application")
+    _, principal = one(doc, "azuread_service_principal")
+    assert app["owners"] == principal["owners"] == owners
+    assert not any("client_config" in owner for owner in app["owners"])
+    # Whoever runs apply must be one of them, or the plan stops with one clear line (not a Graph 403 mid-apply).
+    (check,) = app["lifecycle"]["precondition"]
+    assert check["condition"] == f"${{contains({json.dumps(owners)}, data.azurerm_client_config.client.object_id)}}"
+    assert "is not in application_owners of environment 'dev'" in check["error_message"]
+
+
+def test_an_owner_that_is_not_an_object_id_is_a_config_error(write_config):
+    text = SHIPPED_CONFIG.read_text().replace(
+        'purge_protection = false', 'purge_protection = false\napplication_owners = ["me@contoso.com"]', 1
+    )
+    with pytest.raises(ConfigError, match=r"environment 'dev' key 'application_owners\.0': 'me@contoso\.com' does not"):
+        load_environment("dev", write_config(text))
 
 
 @pytest.mark.parametrize("key", ["dev", "prod"])
@@ -340,7 +409,7 @@ def test_role_assignments_resolve_to_this_environments_resources(docs, envs, key
     doc, env = docs[key], envs[key]
     principal = ref("azuread_service_principal", one(doc, "azuread_service_principal")[0], "object_id")
     expected_scope = {
-        "resource_group": ref("azurerm_resource_group", one(doc, "azurerm_resource_group")[0], "id"),
+        "resource_group": group_reference(doc, "id"),
         "ml_workspace": ref(
             "azurerm_machine_learning_workspace", one(doc, "azurerm_machine_learning_workspace")[0], "id"
         ),
@@ -496,6 +565,50 @@ def test_databricks_workspace_is_premium(synthesized, key):
 
 
 @ALL
+def test_a_plan_that_would_replace_the_workspace_is_refused(docs, key):
+    """The databricks provider is configured from this workspace; replacing it would leave the provider without
+    a host while the old workspace's objects still had to be deleted. prevent_destroy makes Terraform refuse any
+    plan that destroys it, a replacement included, before anything changes."""
+    (workspace,) = of_type(docs[key], "azurerm_databricks_workspace").values()
+    assert workspace["lifecycle"] == {"prevent_destroy": True}
+    guarded = [(kind, lid) for kind, items in docs[key]["resource"].items() for lid, attrs in items.items()
+               if attrs.get("lifecycle", {}).get("prevent_destroy")]
+    assert [kind for kind, _ in guarded] == ["azurerm_databricks_workspace"]
+
+
+def test_only_a_teardown_lets_the_workspace_be_destroyed(source_root, tmp_path):
+    doc = json.loads(CdkTesting.synth(ChurnPlatformStack(
+        cdk_app(tmp_path / "out"), load_environment("dev"), source_root=source_root, teardown=True
+    )))
+    (workspace,) = of_type(doc, "azurerm_databricks_workspace").values()
+    assert workspace["lifecycle"] == {"prevent_destroy": False}
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("churn-prod", "config error: environment 'prod' key 'purge_protection': CHURN_TEARDOWN=churn-prod: the "
+         "environment is purge-protected, which the kit never tears down; expected a disposable environment"),
+        ("churn-stage", "config error: CHURN_TEARDOWN=churn-stage names no stack; expected one of churn-dev, "
+         "churn-prod"),
+    ],
+)
+def test_a_teardown_of_a_protected_or_unknown_stack_is_refused_in_one_line(value, expected):
+    result = subprocess.run(
+        [sys.executable, "main.py"], cwd=PROJECT_ROOT, env={"CHURN_TEARDOWN": value, "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, timeout=60,
+    )
+    assert (result.returncode, result.stderr.strip().splitlines()) == (2, [expected])
+
+
+def test_a_teardown_names_exactly_one_disposable_stack():
+    environments = load_all()
+    assert main.teardown_stack(environments, "churn-dev") == "churn-dev"
+    assert main.teardown_stack(environments, None) is None
+    assert main.teardown_stack(environments, "") is None
+
+
+@ALL
 def test_secret_scope_is_backed_by_this_environments_vault(docs, envs, key):
     doc = docs[key]
     vault = ops_vault(doc, envs[key])
@@ -523,24 +636,29 @@ def test_automation_identity_is_a_workspace_principal_that_reads_the_scope(docs,
 def test_jobs_run_the_notebooks_as_the_automation_identity(docs, envs, key):
     doc, env = docs[key], envs[key]
     runner = ref("databricks_service_principal", one(doc, "databricks_service_principal")[0], "application_id")
-    runtime_id, runtime = one(doc, "databricks_spark_version", block="data")
     node_id, node = one(doc, "databricks_node_type", block="data")
     workspace = f"azurerm_databricks_workspace.{one(doc, 'azurerm_databricks_workspace')[0]}"
-    assert (runtime["long_term_support"], runtime["ml"], runtime["depends_on"]) == (True, True, [workspace])
     assert (node["local_disk"], node["depends_on"]) == (True, [workspace])
     expected = {
-        "train": {"env": env.name, "buildNumber": "", "buildSource": ""},
-        "deploy": {"env": env.name, "buildNumber": "", "deployType": "Stage"},
+        "train": ({"env": env.name, "buildNumber": "", "buildSource": ""}, env.training.job_timeout_minutes),
+        "deploy": ({"env": env.name, "buildNumber": "", "deployType": "Stage"}, env.training.job_timeout_minutes),
+        "score": ({"env": env.name, "slot": "prod", "version": "", "scoringDate": "", "input": ""},
+                  env.scoring.job_timeout_minutes),
+        "monitor": ({"env": env.name, "slot": "prod", "window": "7d"}, env.monitoring.job_timeout_minutes),
     }
-    for name, parameters in expected.items():
+    assert sorted(job["name"] for job in of_type(doc, "databricks_job").values()) == sorted(
+        f"churn-{name}" for name in expected
+    )
+    for name, (parameters, timeout_minutes) in expected.items():
         job_id, job = one(doc, "databricks_job", name=f"churn-{name}")
         assert job["run_as"] == {"service_principal_name": runner}
-        assert job["timeout_seconds"] == env.training.job_timeout_minutes * 60
+        assert job["timeout_seconds"] == timeout_minutes * 60
         assert (job["max_concurrent_runs"], job["queue"]) == (1, {"enabled": True})
         (cluster,) = job["job_cluster"]
-        assert cluster["new_cluster"]["spark_version"] == ref("data.databricks_spark_version", runtime_id, "id")
-        assert cluster["new_cluster"]["node_type_id"] == ref("data.databricks_node_type", node_id, "id")
-        assert cluster["new_cluster"]["num_workers"] == 0
+        assert cluster["new_cluster"]["spark_version"] == env.databricks.spark_version
+        if name != "score":
+            assert cluster["new_cluster"]["node_type_id"] == ref("data.databricks_node_type", node_id, "id")
+            assert cluster["new_cluster"]["num_workers"] == 0
         (task,) = job["task"]
         notebook = one(doc, "databricks_notebook", path=f"{WORKSPACE_ROOT}/notebooks/{name}_churn")[0]
         assert task["job_cluster_key"] == cluster["job_cluster_key"]
@@ -548,13 +666,114 @@ def test_jobs_run_the_notebooks_as_the_automation_identity(docs, envs, key):
         assert task["notebook_task"]["base_parameters"] == parameters
         packages = [library["pypi"]["package"] for library in task["library"]]
         assert any(re.fullmatch(r"azureml-mlflow==[\d.]+", package) for package in packages)
+        assert {package.split("==")[0] for package in packages} >= set(MODEL_LIBRARIES)
         one(doc, "databricks_permissions", job_id=ref("databricks_job", job_id, "id"),
             access_control=[{"service_principal_name": runner, "permission_level": "CAN_MANAGE_RUN"}])
 
 
+@ALL
+def test_the_monitor_may_start_training_as_the_identity_it_runs_as(docs, key):
+    """churn-monitor starts churn-train when a threshold is crossed: its run-as identity needs CAN_MANAGE_RUN."""
+    doc = docs[key]
+    _, monitor = one(doc, "databricks_job", name="churn-monitor")
+    train_id, _ = one(doc, "databricks_job", name="churn-train")
+    _, access = one(doc, "databricks_permissions", job_id=ref("databricks_job", train_id, "id"))
+    assert access["access_control"] == [
+        {"service_principal_name": monitor["run_as"]["service_principal_name"], "permission_level": "CAN_MANAGE_RUN"}
+    ]
+    packages = {library["pypi"]["package"].split("==")[0] for library in monitor["task"][0]["library"]}
+    assert {"databricks-sdk", "azure-mgmt-monitor"} <= packages
+
+
+@pytest.mark.parametrize("key", ["dev", "prod"])
+def test_scoring_runs_on_one_smallest_node_by_default(docs, key):
+    node_id, _ = one(docs[key], "databricks_node_type", block="data")
+    _, job = one(docs[key], "databricks_job", name="churn-score")
+    (cluster,) = job["job_cluster"]
+    assert cluster["new_cluster"]["num_workers"] == 0
+    assert cluster["new_cluster"]["spark_conf"]["spark.databricks.cluster.profile"] == "singleNode"
+    assert cluster["new_cluster"]["node_type_id"] == ref("data.databricks_node_type", node_id, "id")
+
+
+def test_a_bigger_customer_base_is_a_config_change(docs, envs):
+    assert (envs["custom"].scoring.workers, envs["custom"].scoring.node_type) == (4, "Standard_D8ds_v5")
+    _, job = one(docs["custom"], "databricks_job", name="churn-score")
+    (cluster,) = job["job_cluster"]
+    assert cluster["job_cluster_key"] == job["task"][0]["job_cluster_key"] == "workers"
+    new_cluster = cluster["new_cluster"]
+    assert (new_cluster["num_workers"], new_cluster["node_type_id"]) == (4, "Standard_D8ds_v5")
+    assert "spark_conf" not in new_cluster and "custom_tags" not in new_cluster  # multi-node, no single-node profile
+
+
+@ALL
+def test_scoring_and_monitoring_run_on_schedules_from_config_paused_in_dev(docs, envs, key):
+    doc, env = docs[key], envs[key]
+    paused = {"dev": "PAUSED", "prod": "UNPAUSED", "custom": "UNPAUSED"}[key]
+    for name, settings in (("score", env.scoring), ("monitor", env.monitoring)):
+        _, job = one(doc, "databricks_job", name=f"churn-{name}")
+        assert job["schedule"] == {
+            "quartz_cron_expression": settings.schedule, "timezone_id": settings.timezone, "pause_status": paused,
+        }
+    for name in ("train", "deploy"):  # started by the pipeline and the CLI, never on a schedule
+        assert "schedule" not in one(doc, "databricks_job", name=f"churn-{name}")[1]
+    if key == "custom":
+        assert (env.scoring.schedule, env.scoring.timezone) == ("0 30 2 1 * ?", "Europe/Amsterdam")
+
+
+@ALL
+def test_every_job_tells_the_alert_receivers_when_it_fails(docs, envs, key):
+    emails = list(envs[key].alerts.emails)
+    assert bool(emails) is (key == "custom")
+    for job in of_type(docs[key], "databricks_job").values():
+        if emails:
+            assert job["email_notifications"] == {"on_failure": emails}
+        else:
+            assert "email_notifications" not in job
+
+
+@ALL
+def test_the_runtime_is_pinned_to_the_line_of_the_local_spark_not_latest(docs, envs, key):
+    assert "databricks_spark_version" not in docs[key].get("data", {})  # no lookup of "latest"
+    jobs = of_type(docs[key], "databricks_job").values()
+    runtimes = {cluster["new_cluster"]["spark_version"] for job in jobs for cluster in job["job_cluster"]}
+    assert runtimes == {envs[key].databricks.spark_version}
+    expected = "15.4.x-cpu-ml-scala2.12" if key != "custom" else "15.4.x-gpu-ml-scala2.12"
+    assert runtimes == {expected}
+    # 15.4 LTS runs Spark 3.5 and Python 3.11: the line of the locked pyspark and of the Pipfile's Python.
+    lock = json.loads((PROJECT_ROOT / "Pipfile.lock").read_text())
+    assert lock["default"]["pyspark"]["version"].startswith("==3.5.")
+    assert lock["_meta"]["requires"]["python_version"] == "3.11"
+
+
+@ALL
+def test_every_job_installs_the_model_libraries_at_the_locked_versions(docs, key):
+    """The runtime's own scikit-learn, numpy, pandas and scipy are older than the lock's: a model trained with
+    them and loaded by the release machine with the lock's would be judged by another library."""
+    locked = {name: spec["version"] for name, spec in json.loads((PROJECT_ROOT / "Pipfile.lock").read_text())[
+        "default"].items()}
+    for job in of_type(docs[key], "databricks_job").values():
+        for task in job["task"]:
+            packages = dict(library["pypi"]["package"].split("==") for library in task["library"])
+            assert set(MODEL_LIBRARIES) <= set(packages), job["name"]
+            assert all(f"=={version}" == locked[name] for name, version in packages.items()), job["name"]
+
+
+def test_a_job_library_missing_from_the_lock_is_a_clear_error(source_root, tmp_path):
+    root = tmp_path / "source"
+    root.mkdir()
+    for entry in ("config", "deploy", "notebooks"):
+        (root / entry).symlink_to(source_root / entry)
+    lock = json.loads((source_root / "Pipfile.lock").read_text())
+    del lock["default"]["skops"]
+    (root / "Pipfile.lock").write_text(json.dumps(lock))
+    with pytest.raises(MissingSource, match=r"^skops is not in Pipfile\.lock's default packages"):
+        ChurnPlatformStack(cdk_app(tmp_path / "out"), load_environment("dev"), source_root=root)
+
+
 def test_job_timeout_follows_config(docs):
-    timeouts = {job["timeout_seconds"] for job in of_type(docs["custom"], "databricks_job").values()}
-    assert timeouts == {45 * 60}
+    timeouts = {job["name"]: job["timeout_seconds"] for job in of_type(docs["custom"], "databricks_job").values()}
+    assert timeouts == {"churn-train": 45 * 60, "churn-deploy": 45 * 60, "churn-score": 240 * 60,
+                        "churn-monitor": 30 * 60}
 
 
 @ALL
@@ -567,7 +786,7 @@ def test_notebooks_are_uploaded_as_python_source(docs, source_root, key):
 
 
 @ALL
-def test_project_code_is_uploaded_at_its_repository_paths(docs, source_root, key):
+def test_project_code_is_uploaded_at_its_repository_paths(docs, source_root, custom_config, key):
     files = of_type(docs[key], "databricks_workspace_file").values()
     uploaded = {attrs["path"]: attrs["content_base64"] for attrs in files}
     expected = project_files(source_root)
@@ -581,8 +800,11 @@ def test_project_code_is_uploaded_at_its_repository_paths(docs, source_root, key
     assert {"deploy", "deploy/core", "deploy/platform", "deploy/release", "deploy/release/targets",
             "deploy/identity", "deploy/training"} <= packages
     assert {f"{package}/__init__.py" for package in packages} <= {*expected}
+    # The environments file is the one the stack was synthesized from, so notebooks know every environment in it.
+    config_file = custom_config if key == "custom" else source_root / "config/environments.toml"
     for relative in expected:
-        assert base64.b64decode(uploaded.pop(f"{WORKSPACE_ROOT}/{relative}")) == (source_root / relative).read_bytes()
+        source = config_file if relative == "config/environments.toml" else source_root / relative
+        assert base64.b64decode(uploaded.pop(f"{WORKSPACE_ROOT}/{relative}")) == source.read_bytes()
     assert list(uploaded) == [f"{WORKSPACE_ROOT}/outputs/{'churn-dev' if key != 'prod' else 'churn-prod'}.json"]
     directory_id, _ = one(docs[key], "databricks_directory", path=WORKSPACE_ROOT)
     runner = ref("databricks_service_principal", one(docs[key], "databricks_service_principal")[0], "application_id")
@@ -624,6 +846,84 @@ def test_missing_notebook_is_a_clear_error(tmp_path):
         ChurnPlatformStack(cdk_app(tmp_path / "out"), load_environment("dev"), source_root=tmp_path)
 
 
+# --- alerts ------------------------------------------------------------------------------------
+
+SIGNAL_COLUMNS = {
+    "p95-latency": ("AmlOnlineEndpointTrafficLog", "percentile(TotalDurationMs, 95)"),
+    "5xx-rate": ("AmlOnlineEndpointTrafficLog", "countif(toint(ResponseCode) >= 500)"),
+    "cpu": ("AzureMetrics", '"CpuUtilizationPercentage"'),
+    "memory": ("AzureMetrics", '"CpuMemoryUtilizationPercentage"'),
+}
+
+
+@ALL
+def test_the_action_group_reaches_the_configured_receivers(docs, envs, key):
+    doc, env = docs[key], envs[key]
+    _, group = one(doc, "azurerm_monitor_action_group")
+    assert (group["name"], group["short_name"]) == (f"ag-{env.prefix}-churn", env.prefix)
+    assert group["resource_group_name"] == group_reference(doc, "name")
+    receivers = [(r["email_address"], r["use_common_alert_schema"]) for r in group.get("email_receiver", [])]
+    assert receivers == [(email, True) for email in env.alerts.emails]
+
+
+@ALL
+def test_each_serving_slot_has_latency_error_cpu_and_memory_alerts_on_the_log_workspace(docs, envs, key):
+    """The endpoints are created by `release`, so the rules query the Log Analytics workspace (which exists at
+    apply time) for this environment's endpoint names; release's diagnostic settings fill the tables."""
+    doc, env = docs[key], envs[key]
+    alerts = env.alerts
+    logs = ref("azurerm_log_analytics_workspace", one(doc, "azurerm_log_analytics_workspace")[0], "id")
+    group = ref("azurerm_monitor_action_group", one(doc, "azurerm_monitor_action_group")[0], "id")
+    thresholds = {"p95-latency": alerts.p95_latency_ms, "5xx-rate": alerts.error_rate_percent,
+                  "cpu": alerts.cpu_percent, "memory": alerts.memory_percent}
+    rules = {rule["name"]: rule for rule in of_type(doc, "azurerm_monitor_scheduled_query_rules_alert_v2").values()}
+    assert len(rules) == 8
+    for slot in ("stage", "prod"):
+        endpoint, other = env.endpoint_name(slot), env.endpoint_name("prod" if slot == "stage" else "stage")
+        for signal, (table, measure) in SIGNAL_COLUMNS.items():
+            rule = rules[f"{endpoint}-{signal}"]
+            assert rule["scopes"] == [logs]
+            assert rule["action"] == {"action_groups": [group]}
+            assert (rule["evaluation_frequency"], rule["window_duration"]) == (
+                f"PT{alerts.frequency_minutes}M", f"PT{alerts.window_minutes}M")
+            assert rule["location"] == group_reference(doc, "location")
+            assert rule["skip_query_validation"] is True  # the tables appear with the first logged request
+            (criteria,) = rule["criteria"]
+            assert (criteria["operator"], criteria["threshold"]) == ("GreaterThan", thresholds[signal])
+            assert (criteria["metric_measure_column"], criteria["time_aggregation_method"]) == ("value", "Maximum")
+            query = criteria["query"]
+            assert query.startswith(table) and measure in query and "value =" in query
+            assert endpoint in query and other not in query
+    if key == "custom":
+        assert thresholds == {"p95-latency": 400, "5xx-rate": 2.5, "cpu": 70, "memory": 75}
+
+
+def test_the_error_rate_needs_enough_requests_to_mean_something(docs, envs):
+    endpoint = envs["dev"].endpoint_name("prod")
+    (rule,) = [r for r in of_type(docs["dev"], "azurerm_monitor_scheduled_query_rules_alert_v2").values()
+               if r["name"] == f"{endpoint}-5xx-rate"]
+    assert f"| where total >= {MIN_REQUESTS_FOR_ERROR_RATE}" in rule["criteria"][0]["query"]
+
+
+@pytest.mark.parametrize(
+    ("table", "problem"),
+    [
+        ('[environments.dev.alerts]\nwindow_minutes = 5\nfrequency_minutes = 10\n',
+         "key 'alerts.frequency_minutes': 10 is longer than window_minutes \\(5\\)"),
+        ('[environments.dev.alerts]\nwindow_minutes = 7\n', "key 'alerts.window_minutes': 7 is not one of"),
+        ('[environments.dev.alerts]\nemails = ["not-an-address"]\n', "key 'alerts.emails.0': 'not-an-address'"),
+        ('[environments.dev.scoring]\nschedule = "0 0 5 * * MON"\n',
+         "key 'scoring.schedule': '0 0 5 \\* \\* MON' is not a Quartz cron Databricks takes"),
+        ('[environments.dev.monitoring]\nschedule = "daily"\n', "key 'monitoring.schedule': 'daily' does not match"),
+        ('[environments.dev.scoring]\nworkers = 2.5\n', "key 'scoring.workers': 2.5 is not of type 'integer'"),
+    ],
+)
+def test_bad_job_and_alert_settings_are_one_line_config_errors(write_config, table, problem):
+    text = re.sub(r"\[environments\.dev\.(scoring|monitoring)\]\npaused = true", "", SHIPPED_CONFIG.read_text())
+    with pytest.raises(ConfigError, match=f"environment 'dev' {problem}"):
+        load_environment("dev", write_config(text + "\n" + table))
+
+
 # --- the app and the summary --------------------------------------------------------------------
 
 
@@ -653,7 +953,7 @@ def test_summary_counts_resources_and_lists_outputs(docs, tmp_path, capsys):
     assert summary.main([str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert "churn-dev would create:" in printed and "churn-prod would create:" in printed
-    assert re.search(r"^\s+2  databricks_job$", printed, re.MULTILINE)
+    assert re.search(r"^\s+4  databricks_job$", printed, re.MULTILINE)
     total = sum(len(items) for items in docs["dev"]["resource"].values())
     assert f"{total:3d}  resources in total; state backend: local" in printed
     assert "outputs: " + ", ".join(sorted(OUTPUT_NAMES)) in printed

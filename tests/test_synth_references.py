@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from stacks import scan_input
 from tests.conftest import PROJECT_ROOT
 
 TRAVERSAL = re.compile(r'[A-Za-z_][\w-]*(?:\.[A-Za-z_][\w-]*|\.\d+|\.\*|\[\d+\]|\["[^"]*"\])*')
@@ -194,9 +195,12 @@ def _node(reference: str) -> str:
 
 @pytest.fixture(scope="module")
 def stacks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    """Synthesized as `make infra-destroy ENV=dev` would (CHURN_TEARDOWN=churn-dev): one synthesis shows both the
+    teardown variant (dev) and the normal one (prod); references are the same in both."""
     outdir = tmp_path_factory.mktemp("cdktf.out")
     result = subprocess.run(
-        [sys.executable, "main.py"], cwd=PROJECT_ROOT, env={**os.environ, "CDKTF_OUTDIR": str(outdir)},
+        [sys.executable, "main.py"], cwd=PROJECT_ROOT,
+        env={**os.environ, "CDKTF_OUTDIR": str(outdir), "CHURN_TEARDOWN": "churn-dev"},
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr
@@ -205,6 +209,30 @@ def stacks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]
 
 def test_the_app_synthesizes_one_stack_per_azure_environment(stacks):
     assert sorted(stacks) == ["churn-dev", "churn-prod"]
+
+
+def test_the_teardown_variable_lifts_the_workspace_guard_of_its_stack_only(stacks):
+    guards = {
+        stack: [workspace["lifecycle"]["prevent_destroy"]
+                for workspace in doc["resource"]["azurerm_databricks_workspace"].values()]
+        for stack, doc in stacks.items()
+    }
+    assert guards == {"churn-dev": [False], "churn-prod": [True]}
+
+
+def test_the_scan_copy_drops_only_what_checkov_cannot_parse(stacks, tmp_path):
+    """`make scan` runs checkov over this copy: the same stacks without terraform.required_version."""
+    outdir = tmp_path / "cdktf.out"
+    for name, document in stacks.items():
+        (outdir / "stacks" / name).mkdir(parents=True)
+        (outdir / "stacks" / name / "cdk.tf.json").write_text(json.dumps(document))
+    assert scan_input.main([str(outdir), str(tmp_path / "scan")]) == 0
+    for name, document in stacks.items():
+        copy = json.loads((tmp_path / "scan" / "stacks" / name / "cdk.tf.json").read_text())
+        settings = {key: value for key, value in document["terraform"].items() if key != "required_version"}
+        assert "required_version" in document["terraform"]
+        assert copy == {**document, "terraform": settings}
+    assert scan_input.main([str(tmp_path / "empty"), str(tmp_path / "scan")]) == 2
 
 
 @pytest.mark.parametrize("stack", ["churn-dev", "churn-prod"])

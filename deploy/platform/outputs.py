@@ -33,6 +33,10 @@ class StackOutputs:
     data_container: str
     train_job_id: str
     deploy_job_id: str
+    score_job_id: str
+    monitor_job_id: str
+    log_analytics_workspace_id: str  # the Azure resource id endpoints' diagnostic settings send their logs to
+    alerts_action_group_id: str
 
 
 OUTPUT_NAMES = tuple(field.name for field in fields(StackOutputs))
