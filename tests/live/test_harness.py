@@ -41,7 +41,7 @@ def test_the_throwaway_environment_is_disposable_valid_and_apart_from_the_commit
     env = environments[throwaway.name]
     assert env.disposable and env.prefix == prefix and env.location == base.location
     assert env.key_vault_allowed_ips == ("203.0.113.7",)
-    assert env.state_backend is None and env.federation is None  # local state; nothing shared with prod's
+    assert env.state_backend is None and env.federation == ()  # local state; nothing shared with prod's
     assert {name for name in environments if name != throwaway.name} == set(load_all())
     assert throwaway.stack_name == f"churn-{prefix}"
 
