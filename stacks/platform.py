@@ -84,11 +84,16 @@ class ChurnPlatformStack(TerraformStack):
             }
         )
         # `release` runs as the deploying principal unless the pipeline's modelConnection says otherwise. It
-        # reads the build's test set and the registered model's files; neither account allows shared keys.
-        for area, readable in (("data", data.container.id), ("ml_storage", ml.storage.id)):
+        # reads the registered model's files (a reader on the ML storage), and in `churndata` the build's
+        # test set and the slot's lock, a leased blob under locks/ (a lease is a write, so a contributor
+        # there). Neither account allows shared keys.
+        for area, scope_id, role in (
+            ("data", data.container.id, "Storage Blob Data Contributor"),
+            ("ml_storage", ml.storage.id, "Storage Blob Data Reader"),
+        ):
             RoleAssignment(
-                self, f"deployer_{area}_reader", scope=readable, principal_id=client.object_id,
-                role_definition_name="Storage Blob Data Reader",
+                self, f"deployer_{area}_access", scope=scope_id, principal_id=client.object_id,
+                role_definition_name=role,
             )
         databricks = DatabricksPlatform(
             self, "databricks", env=env, resource_group=resource_group, vault=secrets.vault,
