@@ -45,11 +45,23 @@ def use_environment(env: EnvConfig, outputs: StackOutputs | None = None) -> str:
     import mlflow
 
     uri = tracking_uri(env, outputs)
-    if env.is_local:
-        env.local.state_dir.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    if env.is_local:
+        _initialize_local_store(env)
     return uri
+
+
+def _initialize_local_store(env: EnvConfig) -> None:
+    """Create (or migrate) the local SQLite store one process at a time: two commands starting together on a
+    fresh environment would otherwise run the same schema migration twice, and one of them fails."""
+    from mlflow.tracking import MlflowClient
+
+    from deploy.platform.locks import Locks
+
+    env.local.state_dir.mkdir(parents=True, exist_ok=True)
+    with Locks(str(env.local.state_dir)).hold("mlflow-store", "the local MLflow store", wait_seconds=120):
+        MlflowClient().search_experiments(max_results=1)
 
 
 def ensure_experiment(env: EnvConfig) -> str:
