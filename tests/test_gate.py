@@ -112,5 +112,5 @@ def test_an_empty_or_malformed_build_is_bad_input(env: EnvConfig, build: str) ->
 def test_a_build_with_two_finished_runs_says_how_to_recover(env: EnvConfig) -> None:
     log_build(env, "doubled", seed=1)
     log_build(env, "doubled", seed=2)  # what two trainings at once left behind before builds were locked
-    with pytest.raises(UsageError, match=r"2 finished runs .* python -m deploy train --build doubled --force"):
+    with pytest.raises(UsageError, match=r"2 finished runs .*\(python -m deploy train --build doubled --force"):
         release(env, "stage", "doubled", target=ServedBy(None))
