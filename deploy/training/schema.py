@@ -109,9 +109,12 @@ def _numeric(column: pd.Series, name: str, source: str) -> pd.Series:
     for bad, expected in ((not_numbers, "a number"), (infinite, "a finite number")):
         if bad.any():
             row = int(bad.to_numpy().nonzero()[0][0])
-            raise UsageError(
-                f"churn CSV {source}: column {name} holds {column.iloc[row]!r} on line {row + 2}; expected {expected}"
+            value = column.iloc[row]
+            # The parser has already turned "inf" and 1e400 into infinity; say what that covers.
+            shown = "an infinite value (inf, or a number too large such as 1e400)" if expected != "a number" else (
+                repr(value)
             )
+            raise UsageError(f"churn CSV {source}: column {name} holds {shown} on line {row + 2}; expected {expected}")
     return converted
 
 
