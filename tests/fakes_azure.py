@@ -16,6 +16,7 @@ Every service checks the bearer token: issued here, to the admin, for that servi
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import json
 import math
@@ -25,6 +26,7 @@ import ssl
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -413,3 +415,16 @@ resource_manager = "{fake.base_url}"
         {"principal": fake.principal_id, "role_guid": ROLES["Storage Blob Data Contributor"], "scope": CONTAINER_ID},
     ]
     return config, outputs
+
+
+@contextlib.contextmanager
+def signed_in(certificate: tuple[Path, Path], monkeypatch: Any) -> Iterator[FakeAzure]:
+    """The fake Azure, with this process's azure-identity environment credential signed in as its admin."""
+    with FakeAzure(*certificate, subscription_id=SUBSCRIPTION_ID) as service:
+        monkeypatch.setenv("AZURE_TENANT_ID", service.tenant_id)
+        monkeypatch.setenv("AZURE_CLIENT_ID", service.admin_client_id)
+        monkeypatch.setenv("AZURE_CLIENT_SECRET", service.admin_secret)
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(certificate[0]))
+        monkeypatch.delenv("AZURE_TOKEN_CREDENTIALS", raising=False)
+        monkeypatch.delenv("CHURN_CONFIG", raising=False)
+        yield service

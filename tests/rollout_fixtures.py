@@ -440,3 +440,26 @@ class Load:
             finally:
                 connection.close()
             self._stop.wait(self.pause)
+
+
+def azure_cli_world(
+    config: Path, tmp_path: Path, monkeypatch: Any, request: Any, builds: tuple[str, ...] = ("A", "B"),
+) -> tuple[FakeWorkspace, Path]:
+    """Environment dev for `python -m deploy` in-process: a fake Azure ML workspace as its serving target, its
+    MLflow store the local one (with `builds` logged), slot locks in a local folder (on Azure they are
+    leases in the data container: tests/test_locks.py). Returns the workspace and the outputs file."""
+    from config import load_environment
+    from deploy.platform import locks
+    from deploy.release import targets
+    from deploy.release.targets.azureml import AzureMLTarget
+
+    local, dev = load_environment("local", config), load_environment("dev", config)
+    outputs = tmp_path / "outputs.json"
+    outputs.write_text(json.dumps(outputs_document(dev, tracking.tracking_uri(local, None))))
+    workspace = FakeWorkspace(offline)
+    request.addfinalizer(lambda: workspace.__exit__(None, None, None))  # stops its scoring server
+    monkeypatch.setattr(targets, "for_environment", lambda environment, _: AzureMLTarget(environment, workspace))
+    monkeypatch.setattr(locks, "for_environment", lambda *_, **__: locks.Locks(str(tmp_path / "churndata")))
+    for seed, build in enumerate(builds, start=1):
+        log_build(local, build, seed=seed)
+    return workspace, outputs

@@ -22,12 +22,9 @@ import pytest
 
 from config import load_environment
 from deploy.cli import main
-from deploy.platform import locks, tracking
-from deploy.release import targets
 from deploy.release.rollout import down
-from deploy.release.targets.azureml import AzureMLTarget
-from tests.fakes_azure import ENV_NAME, SECRET_NAME, SUBSCRIPTION_ID, FakeAzure, write_environment
-from tests.rollout_fixtures import FakeWorkspace, log_build, offline, outputs_document
+from tests.fakes_azure import ENV_NAME, SECRET_NAME, FakeAzure, signed_in, write_environment
+from tests.rollout_fixtures import FakeWorkspace, azure_cli_world
 
 NOW = dt.datetime.now(dt.UTC)
 
@@ -47,16 +44,7 @@ def azure_stage(
 ) -> Iterator[tuple[FakeWorkspace, list[str]]]:
     """Environment dev on a fake Azure ML workspace; its stage slot serves build B with A kept for rollback."""
     local = load_environment("local", local_config)
-    dev = load_environment("dev", local_config)
-    outputs = tmp_path / "outputs.json"
-    outputs.write_text(json.dumps(outputs_document(dev, tracking.tracking_uri(local, None))))
-    workspace = FakeWorkspace(offline)
-    request.addfinalizer(lambda: workspace.__exit__(None, None, None))  # stops its scoring server
-    monkeypatch.setattr(targets, "for_environment", lambda environment, _: AzureMLTarget(environment, workspace))
-    # The slot locks: a local folder here (on Azure, leases in the data container; tests/test_locks.py).
-    monkeypatch.setattr(locks, "for_environment", lambda *_, **__: locks.Locks(str(tmp_path / "churndata")))
-    log_build(local, "A", seed=1)
-    log_build(local, "B", seed=2)
+    workspace, outputs = azure_cli_world(local_config, tmp_path, monkeypatch, request)
     common = ["--env", "dev", "--config", str(local_config), "--outputs", str(outputs)]
     for build in ("A", "B"):
         assert main(["release", "--to", "stage", "--build", build, *common]) == 0
@@ -125,13 +113,7 @@ def test_rollback_only_if_serving_on_an_empty_slot_and_with_a_malformed_build(
 
 @pytest.fixture
 def fake(certificate: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeAzure]:
-    with FakeAzure(*certificate, subscription_id=SUBSCRIPTION_ID) as service:
-        monkeypatch.setenv("AZURE_TENANT_ID", service.tenant_id)
-        monkeypatch.setenv("AZURE_CLIENT_ID", service.admin_client_id)
-        monkeypatch.setenv("AZURE_CLIENT_SECRET", service.admin_secret)
-        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(certificate[0]))
-        monkeypatch.delenv("AZURE_TOKEN_CREDENTIALS", raising=False)
-        monkeypatch.delenv("CHURN_CONFIG", raising=False)
+    with signed_in(certificate, monkeypatch) as service:
         yield service
 
 

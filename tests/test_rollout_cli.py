@@ -17,11 +17,8 @@ import pytest
 
 from config import EnvConfig, load_environment
 from deploy.cli import main
-from deploy.platform import locks, tracking
-from deploy.release import targets
 from deploy.release.rollout import down
-from deploy.release.targets.azureml import AzureMLTarget
-from tests.rollout_fixtures import FakeWorkspace, log_build, offline, outputs_document
+from tests.rollout_fixtures import azure_cli_world, log_build
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 RELEASE_KEYS = {
@@ -150,15 +147,7 @@ def test_release_and_rollback_json_on_azure(
     env: EnvConfig, local_config: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch,
     request: pytest.FixtureRequest,
 ) -> None:
-    dev = load_environment("dev", local_config)
-    outputs = tmp_path / "outputs.json"
-    outputs.write_text(json.dumps(outputs_document(dev, tracking.tracking_uri(env, None))))
-    workspace = FakeWorkspace(offline)
-    request.addfinalizer(lambda: workspace.__exit__(None, None, None))  # stops its scoring server
-    monkeypatch.setattr(targets, "for_environment", lambda environment, _: AzureMLTarget(environment, workspace))
-    monkeypatch.setattr(locks, "for_environment", lambda *_, **__: locks.Locks(str(tmp_path / "churndata")))
-    log_build(env, "A", seed=1)
-    log_build(env, "B", seed=2)
+    workspace, outputs = azure_cli_world(local_config, tmp_path, monkeypatch, request)
     azure = ("--env", "dev", "--outputs", str(outputs), "--json")
 
     for build in ("A", "B"):

@@ -25,8 +25,8 @@ from tests.fakes_azure import (
     NEVER,
     ROLES,
     SECRET_NAME,
-    SUBSCRIPTION_ID,
     FakeAzure,
+    signed_in,
     write_environment,
 )
 
@@ -35,12 +35,7 @@ NOW = dt.datetime.now(dt.UTC)
 
 @pytest.fixture
 def fake(certificate: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeAzure]:
-    with FakeAzure(*certificate, subscription_id=SUBSCRIPTION_ID) as service:
-        monkeypatch.setenv("AZURE_TENANT_ID", service.tenant_id)
-        monkeypatch.setenv("AZURE_CLIENT_ID", service.admin_client_id)
-        monkeypatch.setenv("AZURE_CLIENT_SECRET", service.admin_secret)
-        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(certificate[0]))
-        monkeypatch.delenv("CHURN_CONFIG", raising=False)
+    with signed_in(certificate, monkeypatch) as service:
         yield service
 
 
