@@ -459,7 +459,7 @@ def azure_cli_world(
     workspace = FakeWorkspace(offline)
     request.addfinalizer(lambda: workspace.__exit__(None, None, None))  # stops its scoring server
     monkeypatch.setattr(targets, "for_environment", lambda environment, _: AzureMLTarget(environment, workspace))
-    monkeypatch.setattr(locks, "for_environment", lambda *_, **__: locks.Locks(str(tmp_path / "churndata")))
+    monkeypatch.setattr(tracking, "environment_locks", lambda *_, **__: locks.Locks(str(tmp_path / "churndata")))
     for seed, build in enumerate(builds, start=1):
         log_build(local, build, seed=seed)
     return workspace, outputs

@@ -34,7 +34,7 @@ from tests.rollout_fixtures import FakeWorkspace, log_build, offline, stack_outp
 def azure(local_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SimpleNamespace]:
     local = load_environment("local", local_config)
     dev = load_environment("dev", local_config)
-    monkeypatch.setattr(locks, "for_environment", lambda *_, **__: locks.Locks(str(tmp_path / "churndata")))
+    monkeypatch.setattr(tracking, "environment_locks", lambda *_, **__: locks.Locks(str(tmp_path / "churndata")))
     with FakeWorkspace(offline) as workspace:
         world = _world(local, dev, workspace, tmp_path)
         yield world

@@ -38,9 +38,6 @@ from deploy.platform import storage
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
 
-    from config import EnvConfig
-    from deploy.platform.outputs import StackOutputs
-
 LOCKS_FOLDER = "locks"
 LEASE_SECONDS = 60  # Azure's longest finite lease (15-60 s); a dead holder's lease ends within this
 POLL_SECONDS = 1.0
@@ -120,18 +117,6 @@ class Locks:
             yield me
         finally:
             lock.release()
-
-
-def for_environment(env: EnvConfig, outputs: StackOutputs | None, credential: TokenCredential | None = None) -> Locks:
-    """`env`'s locks: its local data folder, or its churndata container as the caller's Entra ID identity."""
-    from deploy.platform import tracking
-
-    root = tracking.data_root(env, outputs)
-    if storage.is_abfss(root) and credential is None:
-        from deploy.platform.azure_auth import credential as env_credential
-
-        credential = env_credential(env)
-    return Locks(root, credential)
 
 
 def _user() -> str:

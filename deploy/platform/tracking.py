@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from config import EnvConfig
 from deploy.platform.outputs import StackOutputs
+
+if TYPE_CHECKING:
+    from azure.core.credentials import TokenCredential
+
+    from deploy.platform.locks import Locks
 
 
 def local_data_root(env: EnvConfig) -> Path:
@@ -90,3 +95,17 @@ def finished_runs(experiment_id: str, build: str) -> list[Any]:
 
     runs = MlflowClient().search_runs([experiment_id], f"tags.{TAG_BUILD} = '{build}'", order_by=["start_time DESC"])
     return [run for run in runs if run.info.status == "FINISHED"]
+
+
+def environment_locks(env: EnvConfig, outputs: StackOutputs | None, credential: TokenCredential | None = None) -> Locks:
+    """`env`'s locks, in its churn data container: a local folder, or (on Azure) leases in `churndata` taken as
+    `credential` (default: the caller's Entra ID identity)."""
+    from deploy.platform import storage
+    from deploy.platform.locks import Locks
+
+    root = data_root(env, outputs)
+    if storage.is_abfss(root) and credential is None:
+        from deploy.platform.azure_auth import credential as env_credential
+
+        credential = env_credential(env)
+    return Locks(root, credential)

@@ -242,7 +242,7 @@ def _slot_lock(
     env: EnvConfig, stack: StackOutputs | None, slot: str, lock_wait: float | None, slot_locks: locks.Locks | None
 ) -> Iterator[None]:
     """One release, rollback or down per slot at a time, across processes and machines."""
-    slot_locks = slot_locks or locks.for_environment(env, stack)
+    slot_locks = slot_locks or tracking.environment_locks(env, stack)
     wait = env.locks.wait_seconds if lock_wait is None else lock_wait
     with slot_locks.hold(f"slot-{slot}", f"slot {slot} ({env.endpoint_name(slot)})", wait_seconds=wait):
         yield

@@ -19,7 +19,7 @@ from deploy.core import contract
 from deploy.core.build_id import check_build
 from deploy.core.errors import UsageError
 from deploy.core.report import progress
-from deploy.platform import locks, storage, tracking
+from deploy.platform import storage, tracking
 from deploy.platform.outputs import StackOutputs
 from deploy.training import model, schema, synthetic
 
@@ -74,7 +74,7 @@ def train_build(
         credential = env_credential(env)
     # One training of a build at a time: two would both finish, and the build could never be released
     # by name. A second one waits for the first, then reports its run.
-    build_lock = locks.for_environment(env, outputs, credential)
+    build_lock = tracking.environment_locks(env, outputs, credential)
     wait = env.training.job_timeout_minutes * 60
     with build_lock.hold(f"train-{build}", f"training of build {build}", wait_seconds=wait):
         existing = find_finished_run(experiment_id, build)
