@@ -173,6 +173,22 @@ class Training:
 
 
 @dataclass(frozen=True)
+class Monitoring:
+    """What `monitor` judges a slot by (the churn-monitor job's schedule keys sit beside these)."""
+
+    min_rows: int = 200  # fewer rows in the window: "not enough data", never "no drift"
+    drift_distance: float = 0.1  # Jensen-Shannon distance (base 2) above which a distribution moved...
+    drift_p_value: float = 0.01  # ...if the test (KS or chi-square) also says it is not sampling noise
+    max_null_share: float = 0.01
+    max_out_of_range_share: float = 0.05  # numeric values outside the training split's range
+    max_unseen_share: float = 0.01  # categories the training split never had
+    max_error_rate: float = 0.05  # failed requests (status >= 400) over all requests
+    max_p95_latency_ms: float = 1000.0
+    min_outcomes: int = 100  # labeled customers a scoring date needs before its realized AUC counts
+    outcome_lookback_days: int = 180  # how far back past scores are joined to outcomes
+
+
+@dataclass(frozen=True)
 class LocalSettings:
     state_dir: Path = PROJECT_ROOT / ".state" / "local"
     stage_port: int = 5301
@@ -204,6 +220,7 @@ class EnvConfig:
     serving: Serving = field(default_factory=Serving)
     secret: SecretPolicy = field(default_factory=SecretPolicy)
     training: Training = field(default_factory=Training)
+    monitoring: Monitoring = field(default_factory=Monitoring)
     locks: LockPolicy = field(default_factory=LockPolicy)
     local: LocalSettings = field(default_factory=LocalSettings)
     names: naming.Names | None = None
@@ -383,6 +400,7 @@ def _build(name: str, table: dict[str, Any]) -> EnvConfig:
         serving=Serving(**table.get("serving", {})),
         secret=SecretPolicy(**table.get("secret", {})),
         training=Training(**table.get("training", {})),
+        monitoring=Monitoring(**table.get("monitoring", {})),
         locks=LockPolicy(**table.get("locks", {})),
     )
     if kind == "local":
