@@ -78,43 +78,59 @@ def _realized(entry: dict[str, Any]) -> str:
 
 
 def charts(document: dict[str, Any], folder: Path) -> dict[str, Path]:
-    """One PNG per feature (and one for the churn probabilities): reference and current shares per bin."""
+    """`distributions.png`: every feature's (and the churn probabilities') reference and current shares per
+    bin, one panel each; and a larger chart of its own for each distribution that drifted."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot
 
     folder.mkdir(parents=True, exist_ok=True)
-    drawn: dict[str, Path] = {}
     entries = {**document["signals"]["features"], "churn_probability": document["signals"]["predictions"]}
+    entries = {name: entry for name, entry in entries.items() if "reference_bins" in entry}
+    drawn: dict[str, Path] = {}
+    columns = 3
+    figure, grid = pyplot.subplots((len(entries) + columns - 1) // columns, columns, figsize=(13, 2.6 * 4),
+                                   squeeze=False)
+    for axes, (name, entry) in zip(grid.flat, entries.items(), strict=False):
+        _panel(axes, name, entry, small=True)
+    for axes in list(grid.flat)[len(entries):]:
+        axes.set_visible(False)
+    figure.subplots_adjust(left=0.05, right=0.99, top=0.96, bottom=0.08, hspace=0.9, wspace=0.2)  # tight_layout: 1 s
+    drawn["distributions"] = folder / "distributions.png"
+    figure.savefig(drawn["distributions"], dpi=72)
+    pyplot.close(figure)
     for name, entry in entries.items():
-        if "reference_bins" not in entry:
+        if entry.get("status") != CROSSED:
             continue
-        labels = entry.get("categories") or bin_labels(entry["bin_edges"])
-        reference = _shares(entry["reference_bins"])
-        current = _shares(entry["current_bins"])
-        figure, axes = pyplot.subplots(figsize=(6, 3.2))
-        positions = range(len(labels))
-        axes.bar([p - 0.2 for p in positions], reference, width=0.4, label="reference (training split)")
-        axes.bar([p + 0.2 for p in positions], current, width=0.4, label=f"current ({entry['rows']} rows)")
-        axes.set_xticks(list(positions), labels, rotation=30, ha="right", fontsize=7)
-        value = f"distance {entry['value']:.3f}" if entry.get("value") is not None else entry["status"]
-        axes.set(title=f"{name}: {value}", ylabel="share of rows")
-        axes.legend(fontsize=7)
-        figure.tight_layout()
-        path = folder / f"{name}.png"
-        figure.savefig(path, dpi=80)
+        figure, axes = pyplot.subplots(figsize=(7, 3.5))
+        _panel(axes, name, entry, small=False)
+        figure.subplots_adjust(bottom=0.25)
+        drawn[name] = folder / f"{name}.png"
+        figure.savefig(drawn[name], dpi=72)
         pyplot.close(figure)
-        drawn[name] = path
     return drawn
 
 
+def _panel(axes: Any, name: str, entry: dict[str, Any], small: bool) -> None:
+    labels = entry.get("categories") or bin_labels(entry["bin_edges"])
+    positions = list(range(len(labels)))
+    axes.bar([p - 0.2 for p in positions], _shares(entry["reference_bins"]), width=0.4, label="training split")
+    axes.bar([p + 0.2 for p in positions], _shares(entry["current_bins"]), width=0.4,
+             label=f"current ({entry['rows']} rows)")
+    axes.set_xticks(positions, labels, rotation=30, ha="right", fontsize=6 if small else 8)
+    value = f"distance {entry['value']:.3f}" if entry.get("value") is not None else entry["status"]
+    mark = " DRIFTED" if entry.get("status") == CROSSED else ""
+    axes.set_title(f"{name}: {value}{mark}", fontsize=9 if small else 11)
+    axes.legend(fontsize=6 if small else 8)
+
+
 def bin_labels(edges: list[float]) -> list[str]:
-    shown = [f"{edge:.4g}" for edge in edges]
+    """Bin i holds the values from cut i-1 (inclusive) to cut i (exclusive)."""
+    shown = [f"{edge / 1000:.0f}k" if abs(edge) >= 10_000 else f"{edge:.4g}" for edge in edges]
     if not shown:
         return ["all"]
-    return [f"<= {shown[0]}", *[f"{low}-{high}" for low, high in itertools.pairwise(shown)],
-            f"> {shown[-1]}"]
+    return [f"< {shown[0]}", *[f"{low}-{high}" for low, high in itertools.pairwise(shown)], f">= {shown[-1]}"]
 
 
 def _shares(counts: list[int]) -> list[float]:
