@@ -9,6 +9,7 @@ assertions keep a margin from each threshold, so nothing here is flaky.
 from __future__ import annotations
 
 import json
+import shutil
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -36,11 +37,33 @@ from tests.monitoring_fixtures import (
 )
 
 THRESHOLDS = Monitoring()
+REFERENCE = synthetic.generate(8000, 11)  # what reference_and_current() trains on
 
 
 @pytest.fixture
 def env(local_config: Path):
     return load_environment("local", local_config)
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A local store where prod serves build b-ref (a bare-label model on REFERENCE), made once per module:
+    an MLflow store's first set-up and a logged, registered model cost seconds each."""
+    from tests.conftest import SHIPPED_CONFIG
+
+    folder = tmp_path_factory.mktemp("served")
+    config = folder / "environments.toml"
+    config.write_text(SHIPPED_CONFIG.read_text().replace('state_dir = ".state/local"', f'state_dir = "{folder / "state"}"'))
+    version = serve(load_environment("local", config), "b-ref", REFERENCE)
+    return folder / "state", version
+
+
+@pytest.fixture
+def served(env, template) -> str:
+    """`env` with the template's store (prod serves b-ref); returns the served version. The registered model's
+    files stay in the template's folder, which the copied store points at."""
+    shutil.copytree(template[0], env.local.state_dir)
+    return template[1]
 
 
 def profiles(reference: pd.DataFrame, current: pd.DataFrame, chunk: int = 700) -> drift.FeatureProfiles:
@@ -174,9 +197,9 @@ def test_the_log_is_read_across_its_rotated_files_oldest_first_and_failures_coun
 # --- monitor, end to end ------------------------------------------------------------------------
 
 
-def test_monitor_flags_the_drifted_traffic_records_a_run_with_its_report_and_exits_3(env, local_config, capsys):
-    reference, drifted = reference_and_current(rows=2000, drift=1.0)
-    version = serve(env, "b-ref", reference)
+def test_monitor_flags_the_drifted_traffic_records_a_run_with_its_report_and_exits_3(env, served, local_config, capsys):
+    _, drifted = reference_and_current(rows=2000, drift=1.0)
+    version = served
     write_log(env, traffic(env, version, drifted, now=pd.Timestamp.now(tz="UTC").to_pydatetime()), per_file=15)
 
     status = main(["monitor", "--env", "local", "--config", str(local_config), "--window", "1d", "--json"])
@@ -198,7 +221,8 @@ def test_monitor_flags_the_drifted_traffic_records_a_run_with_its_report_and_exi
     assert run.info.run_id == document["run_id"]
     assert {key: run.data.tags[key] for key in ("environment", "slot", "version", "window", "verdict")} == {
         "environment": "local", "slot": "prod", "version": version, "window": "1d", "verdict": "crossed"}
-    assert run.data.metrics["drift.Age.jensen_shannon"] == pytest.approx(document["signals"]["features"]["Age"]["value"])
+    age = document["signals"]["features"]["Age"]
+    assert run.data.metrics["drift.Age.jensen_shannon"] == pytest.approx(age["value"])
     assert run.data.metrics["quality.Geography.unseen_share"] > 0.25
     artifacts = {item.path for item in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
     assert {"report.html", "summary.json", "charts"} <= artifacts
@@ -215,11 +239,11 @@ def test_monitor_flags_the_drifted_traffic_records_a_run_with_its_report_and_exi
     assert len(text.splitlines()) <= 24  # one screen
 
 
-def test_status_shows_each_slots_latest_monitoring_verdict(env):
+def test_status_shows_each_slots_latest_monitoring_verdict(env, served):
     from deploy.status import collect, render
 
-    reference, fresh = reference_and_current(rows=600)
-    version = serve(env, "b-ok", reference)
+    _, fresh = reference_and_current(rows=600)
+    version = served
     write_log(env, traffic(env, version, fresh, now=NOW))
     result = run_monitor(env, "prod", "1d", now=NOW)
     assert result.verdict == "ok"
@@ -229,8 +253,7 @@ def test_status_shows_each_slots_latest_monitoring_verdict(env):
     assert "  monitoring: ok (-) for version 1 over 1d at " in render(document)
 
 
-def test_an_empty_log_is_not_enough_data_and_exits_0(env, local_config, capsys):
-    serve(env, "b-empty", reference_and_current()[0])
+def test_an_empty_log_is_not_enough_data_and_exits_0(env, served, local_config, capsys):
     write_log(env, [])
     assert main(["monitor", "--env", "local", "--config", str(local_config)]) == 0
     text = capsys.readouterr().out
@@ -245,10 +268,9 @@ def test_nothing_serving_is_one_line_and_exit_1(env, local_config, capsys):
     assert err.count("\n") == 1 and "serves no model version; nothing to monitor" in err
 
 
-def test_a_missing_training_split_is_refused_with_one_line(env):
-    version = serve(env, "b-gone", reference_and_current()[0])
-    (tracking.local_data_root(env) / "runs" / "b-gone" / "train.csv").unlink()
-    with pytest.raises(Refused, match=f"training split of build b-gone \\(model version {version}\\) is missing"):
+def test_a_missing_training_split_is_refused_with_one_line(env, served):
+    (tracking.local_data_root(env) / "runs" / "b-ref" / "train.csv").unlink()
+    with pytest.raises(Refused, match=f"training split of build b-ref \\(model version {served}\\) is missing"):
         run_monitor(env, "prod", "7d", now=NOW)
 
 
@@ -265,10 +287,9 @@ def test_prediction_drift_from_the_logged_answers_of_a_probability_model(env):
 # --- batch scores and realized quality ----------------------------------------------------------
 
 
-def test_batch_scores_count_as_current_rows_and_realized_auc_joins_outcomes_to_past_scores(env):
-    reference = synthetic.generate(8000, 11)
-    version = serve(env, "b-batch", reference)
-    model = fitted(reference)
+def test_batch_scores_count_as_current_rows_and_realized_auc_joins_outcomes_to_past_scores(env, served):
+    version = served
+    model = fitted(REFERENCE)
     old = synthetic.generate(3000, 21)  # scored 2026-10-01; its outcomes arrived since
     recent = synthetic.generate(1500, 22)  # scored in the window; no outcome yet
     # Scores that knew a lot: the label blurred by noise (an AUC well above the gate's 0.80).
@@ -297,9 +318,8 @@ def test_batch_scores_count_as_current_rows_and_realized_auc_joins_outcomes_to_p
     assert realized["value"] > env.gate.min_auc
 
 
-def test_realized_quality_below_the_gate_minimum_crosses(env):
-    reference = synthetic.generate(8000, 11)
-    version = serve(env, "b-decay", reference)
+def test_realized_quality_below_the_gate_minimum_crosses(env, served):
+    version = served
     old = synthetic.generate(2000, 31)
     noise = np.random.default_rng(0).random(len(old))  # scores that know nothing: AUC about 0.5
     write_scores(env, "2026-10-01", old, noise, version)
@@ -311,8 +331,7 @@ def test_realized_quality_below_the_gate_minimum_crosses(env):
     assert "realized" in result.crossed and result.retrain_wanted
 
 
-def test_an_outcomes_table_without_its_columns_is_reported_not_a_crash(env):
-    serve(env, "b-bad", synthetic.generate(8000, 11))
+def test_an_outcomes_table_without_its_columns_is_reported_not_a_crash(env, served):
     folder = tracking.local_data_root(env) / "outcomes"
     folder.mkdir(parents=True)
     (folder / "outcomes.csv").write_text("CustomerId,Churned\n1,0\n")
@@ -325,9 +344,8 @@ def test_an_outcomes_table_without_its_columns_is_reported_not_a_crash(env):
 
 
 @pytest.mark.slow
-def test_retrain_trains_the_days_build_locally_and_releases_nothing(env, local_config, capsys):
-    reference, drifted = reference_and_current(rows=1000, drift=1.0)
-    serve(env, "b-old", reference)
+def test_retrain_trains_the_days_build_locally_and_releases_nothing(env, served, local_config, capsys):
+    _, drifted = reference_and_current(rows=1000, drift=1.0)
     write_log(env, traffic(env, "1", drifted, now=pd.Timestamp.now(tz="UTC").to_pydatetime()))
     synthetic.write_if_missing(tracking.local_data_root(env) / "Churn_Modelling.csv", rows=2000)
     assert main(["monitor", "--env", "local", "--config", str(local_config), "--retrain", "--json"]) == 3
