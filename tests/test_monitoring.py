@@ -53,7 +53,8 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
     folder = tmp_path_factory.mktemp("served")
     config = folder / "environments.toml"
-    config.write_text(SHIPPED_CONFIG.read_text().replace('state_dir = ".state/local"', f'state_dir = "{folder / "state"}"'))
+    text = SHIPPED_CONFIG.read_text().replace('state_dir = ".state/local"', f'state_dir = "{folder / "state"}"')
+    config.write_text(text)
     version = serve(load_environment("local", config), "b-ref", REFERENCE)
     return folder / "state", version
 
