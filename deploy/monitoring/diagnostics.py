@@ -48,7 +48,8 @@ class DiagnosticSettings:
             ARMChallengeAuthenticationPolicy(credential, scope(env.cloud.resource_manager)),
         ]
         options = {"transport": transport} if transport is not None else {}
-        self._client = ARMPipelineClient(env.cloud.resource_manager, policies=policies, **options)
+        self._base = env.cloud.resource_manager.rstrip("/")
+        self._client = ARMPipelineClient(self._base, policies=policies, **options)
 
     def endpoint_id(self, endpoint: str) -> str:
         return f"{self._prefix}/{endpoint}"
@@ -73,12 +74,11 @@ class DiagnosticSettings:
             "logs": [{"categoryGroup": "allLogs", "enabled": True}] if logs else [],
             "metrics": [{"category": "AllMetrics", "enabled": True}],
         }}
-        url = f"{resource_id}/providers/Microsoft.Insights/diagnosticSettings/{SETTING_NAME}"
+        url = f"{self._base}{resource_id}/providers/Microsoft.Insights/diagnosticSettings/{SETTING_NAME}"
         request = HttpRequest("PUT", url, params={"api-version": API_VERSION}, json=body)
         response = self._client.send_request(request)
         if response.status_code not in (200, 201):
             raise HttpResponseError(
-                message=f"diagnostic setting of {resource_id}: {response.status_code} {response.text()[:200]}",
-                response=response,
+                message=f"diagnostic setting of {resource_id}: {response.status_code} {response.text()[:200]}"
             )
         return response.json()
