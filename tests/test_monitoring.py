@@ -137,16 +137,21 @@ def test_prediction_drift_needs_probabilities_and_compares_them_with_the_models_
     _, fresh = reference_and_current(rows=3000, drift=0.0)
     model = fitted(reference)
     scores = lambda rows: model.predict_proba(rows[list(synthetic.COLUMNS[3:13])])[:, 1]  # noqa: E731
-    moved = drift.PredictionProfile(scores(reference))
+    moved = drift.PredictionProfile(lambda: scores(reference))
     moved.add(scores(drifted))
-    steady = drift.PredictionProfile(scores(reference))
+    steady = drift.PredictionProfile(lambda: scores(reference))
     steady.add(scores(fresh))
     assert moved.drift(THRESHOLDS)["status"] == drift.CROSSED
     assert steady.drift(THRESHOLDS)["status"] == drift.OK
-    labels_only = drift.PredictionProfile(None)
+
+    def never() -> None:
+        raise AssertionError("the model is loaded only when there are probabilities to compare")
+
+    labels_only = drift.PredictionProfile(never)
     labels_only.add([], labels_only=3000)
     judged = labels_only.drift(THRESHOLDS)
     assert judged["status"] == drift.UNAVAILABLE and "answers labels" in judged["reason"]
+    assert drift.PredictionProfile(never).drift(THRESHOLDS)["status"] == drift.NOT_ENOUGH_DATA
 
 
 # --- the window ---------------------------------------------------------------------------------
@@ -184,8 +189,8 @@ def test_the_log_is_read_across_its_rotated_files_oldest_first_and_failures_coun
 
     reading, health = request_log.LogReading(), RequestHealth()
     seen = []
-    for batch in request_log.read_requests(files, parse_window("1d", NOW), reading, batch_lines=4):
-        assert len(batch) <= 4
+    for batch in request_log.read_requests(files, parse_window("1d", NOW), reading, batch_rows=40):
+        assert len(batch) <= 4 and sum(len(request["inputs"]) for request in batch) <= 40
         health.add(batch)
         seen.extend(batch)
     assert (reading.files, reading.unreadable_lines, reading.outside_window) == (5, 1, 1)

@@ -20,6 +20,7 @@ alone is biased upward on few rows). Fewer than `monitoring.min_rows` rows is "n
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -217,29 +218,40 @@ class FeatureProfiles:
 
 
 class PredictionProfile:
-    """The churn probabilities: the reference model's on its training split, against those answered now."""
+    """The churn probabilities: the reference model's on its training split, against those answered now.
 
-    def __init__(self, reference_probabilities: np.ndarray | None, seed: int = SEED):
+    The reference side costs loading the model (seconds), so `reference` is called only once current
+    probabilities arrive: a model that answers bare labels, or a window without answers, loads nothing."""
+
+    def __init__(self, reference: Callable[[], np.ndarray | None], seed: int = SEED):
         self._rng = np.random.default_rng(seed + 1)
-        self.reference_available = reference_probabilities is not None
-        self.profile = (
-            NumericProfile.of("churn_probability", pd.Series(reference_probabilities), self._rng)
-            if reference_probabilities is not None else None
-        )
+        self._reference = reference
+        self._loaded = False
+        self.profile: NumericProfile | None = None
         self.labels_only = 0  # answers that were bare labels
 
     def add(self, probabilities: list[float] | np.ndarray, labels_only: int = 0) -> None:
         self.labels_only += labels_only
-        if self.profile is not None and len(probabilities):
+        if not len(probabilities):
+            return
+        if not self._loaded:
+            self._loaded = True
+            found = self._reference()
+            if found is not None:
+                self.profile = NumericProfile.of("churn_probability", pd.Series(found), self._rng)
+        if self.profile is not None:
             self.profile.add(pd.Series(np.asarray(probabilities, dtype=float)), self._rng)
 
     def drift(self, thresholds: Monitoring) -> dict[str, Any]:
+        labels = ("the served model answers labels, not probabilities; prediction drift needs churn_probability "
+                  "(models trained with the scoring contract answer it)")
         if self.profile is None:
-            return {"status": UNAVAILABLE, "statistic": "jensen_shannon", "value": None, "rows": 0,
-                    "reason": "the served model answers labels, not probabilities; prediction drift needs "
-                              "churn_probability (models trained with the scoring contract answer it)"}
+            if self._loaded or self.labels_only:
+                return {"status": UNAVAILABLE, "statistic": "jensen_shannon", "value": None, "rows": 0,
+                        "reason": labels}
+            return {"status": NOT_ENOUGH_DATA, "statistic": "jensen_shannon", "value": None, "rows": 0,
+                    "reason": "no churn probabilities answered in the window"}
         document = self.profile.drift(thresholds)
         if document["status"] == NOT_ENOUGH_DATA and self.labels_only:
-            document["reason"] = (f"{self.labels_only} answers were bare labels; prediction drift needs "
-                                  "churn_probability")
+            document["reason"] = f"{self.labels_only} answers were bare labels; {labels}"
         return document

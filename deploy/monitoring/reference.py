@@ -38,13 +38,19 @@ class Reference:
     build: str
     train_location: str
     train: pd.DataFrame
-    probabilities: np.ndarray | None  # None: the model answers labels only
+
+    def probabilities(self) -> np.ndarray | None:
+        """The served model's churn probabilities on its training split (None: it answers labels only).
+        Loads the model: seconds, so the monitor asks only when current probabilities need comparing."""
+        from deploy.release import registry
+
+        return model_probabilities(registry.load_model(registry.model_uri(self.version)), self.train)
 
 
 def load_reference(
     env: EnvConfig, slot: str, target: Target, root: str, credential: TokenCredential | None = None,
 ) -> Reference:
-    """The slot's serving version, its build and training split, and the model's probabilities on it."""
+    """The slot's serving version, its build and its training split."""
     from deploy.release import registry
 
     endpoint = target.describe(slot)
@@ -69,8 +75,7 @@ def load_reference(
     missing = [name for name in FEATURES if name not in train.columns]
     if missing:
         raise Refused(f"the training split {location} lacks feature {missing[0]}; expected the model's features")
-    probabilities = model_probabilities(registry.load_model(registry.model_uri(version)), train)
-    return Reference(slot, endpoint.name, serving.name, version, build, location, train, probabilities)
+    return Reference(slot, endpoint.name, serving.name, version, build, location, train)
 
 
 def model_probabilities(model: Any, rows: pd.DataFrame) -> np.ndarray | None:

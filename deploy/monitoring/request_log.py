@@ -4,8 +4,8 @@ The local router (deploy/release/targets/router.py) appends one JSON object per 
 `time` (ISO 8601 UTC), `slot`, `deployment`, `version`, `status`, `latency_ms`, `inputs` (the rows as
 records, or null when the body did not parse), `outputs` (the answer's predictions, or null) and
 `error`. It rotates the file by size: `<slot>.jsonl` holds the newest lines, `<slot>.jsonl.1` the
-next older ones, up to `<slot>.jsonl.<N>`. All of them are read, oldest first, `batch_lines` lines at
-a time, so memory follows the batch size and not the log's length. A line that is not a JSON object
+next older ones, up to `<slot>.jsonl.<N>`. All of them are read, oldest first, in batches of about
+`batch_rows` customers, so memory follows the batch size and not the log's length. A line that is not a JSON object
 (a write cut short by a crash) is counted and skipped, never fatal.
 """
 
@@ -18,9 +18,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from deploy.monitoring.window import Window
 
-BATCH_LINES = 20_000
+BATCH_ROWS = 50_000  # customers per batch (a request carries one or many)
 
 
 @dataclass
@@ -52,10 +54,11 @@ def log_files(state_dir: Path, slot: str) -> list[Path]:
 
 
 def read_requests(
-    files: list[Path], window: Window, reading: LogReading, batch_lines: int = BATCH_LINES
+    files: list[Path], window: Window, reading: LogReading, batch_rows: int = BATCH_ROWS
 ) -> Iterator[list[dict[str, Any]]]:
-    """The logged requests inside `window`, in batches of at most `batch_lines`."""
+    """The logged requests inside `window`, in batches that carry about `batch_rows` customers."""
     batch: list[dict[str, Any]] = []
+    rows = 0
     for path in files:
         reading.files += 1
         try:
@@ -73,9 +76,10 @@ def read_requests(
                     reading.outside_window += 1
                     continue
                 batch.append(request)
-                if len(batch) >= batch_lines:
+                rows += len(request["inputs"]) if isinstance(request.get("inputs"), list) else 1
+                if rows >= batch_rows:
                     yield batch
-                    batch = []
+                    batch, rows = [], 0
     if batch:
         yield batch
 
@@ -96,6 +100,11 @@ def input_records(requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Every row the requests carried (a request whose body did not parse carries none)."""
     return [row for request in requests if isinstance(request.get("inputs"), list)
             for row in request["inputs"] if isinstance(row, dict)]
+
+
+def input_columns(requests: list[dict[str, Any]], columns: tuple[str, ...]) -> pd.DataFrame:
+    """The requests' rows as a frame of `columns` (a missing key is a null, other keys are left out)."""
+    return pd.DataFrame.from_records(input_records(requests), columns=list(columns))
 
 
 def probabilities(requests: list[dict[str, Any]], version: str | None) -> tuple[list[float], int]:

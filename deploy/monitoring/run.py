@@ -23,8 +23,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-
 from config import EnvConfig
 from deploy.core.contract import FEATURES
 from deploy.core.report import progress
@@ -89,7 +87,7 @@ def run_monitor(
     progress(f"monitor {reference.endpoint} ({slot}): version {reference.version}, build {reference.build}, "
              f"window {window.text} from {window.start:%Y-%m-%d %H:%M} UTC; reference {len(reference.train)} rows")
     features = drift.FeatureProfiles(reference.train)
-    predictions = drift.PredictionProfile(reference.probabilities)
+    predictions = drift.PredictionProfile(reference.probabilities)  # loads the model only if needed
 
     # 2. The current rows: the slot's request log (locally), then the window's batch scores.
     requests = health.RequestHealth()
@@ -140,7 +138,7 @@ def _read_request_log(
     reading = request_log.LogReading()
     for batch in request_log.read_requests(files, window, reading):
         requests.add(batch)
-        features.add(pd.DataFrame.from_records(request_log.input_records(batch)))
+        features.add(request_log.input_columns(batch, FEATURES))
         predictions.add(*request_log.probabilities(batch, version))
     skipped = f", {reading.unreadable_lines} unreadable lines skipped" if reading.unreadable_lines else ""
     return f"request log, {reading.files} files{skipped}"
