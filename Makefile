@@ -135,6 +135,9 @@ demo: synth summary
 	@echo "Scoring two customers against churnservice-prod (local):"
 	@curl -sS -H 'Content-Type: application/json' --data @examples/score-request.json \
 	  http://127.0.0.1:$$($(PY) -c "from config import load_environment as l; print(l('local').local.prod_port)")/invocations; echo
+	@echo "Monitoring: a new market grows and customers age; 2,000 such customers go through churnservice-prod:"
+	$(PY) -m deploy.monitoring.traffic --env local --slot prod --rows 2000 --drift 1
+	$(PY) -m deploy monitor --env local --slot prod --window 1d || test $$? -eq 3  # 3: drift flagged, as expected
 	@echo "The local scoring servers keep running; stop them with: make down"
 
 down: install

@@ -4,7 +4,9 @@
   whole process tree (Python + the jsii node process), and how it grows per added environment;
 - `python -m deploy --help` (CLI start-up);
 - local training of one build on 10,000 synthetic rows, MLflow logging included;
-- local `release --to stage` then `--to prod` of one build.
+- local `release --to stage` then `--to prod` of one build;
+- local `monitor` over 1,000,000 logged rows (20,000 requests of 50 customers) against the time to just
+  read those rows (each line parsed as JSON), and over 250,000 rows: memory follows the chunk size.
 
 Results print as a Markdown table (paste it into the README) and go to bench-results/latest.json.
 """
@@ -50,8 +52,8 @@ def tree_rss_kb(root_pid: int) -> int:
     return total
 
 
-def measure(command: list[str], env: dict[str, str] | None = None) -> tuple[float, int]:
-    """Wall seconds and peak tree RSS (KiB) of one run; fails loudly if the command fails."""
+def measure(command: list[str], env: dict[str, str] | None = None, ok: tuple[int, ...] = (0,)) -> tuple[float, int]:
+    """Wall seconds and peak tree RSS (KiB) of one run; fails loudly if the command fails (exits outside `ok`)."""
     started = time.perf_counter()
     process = subprocess.Popen(
         command, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -70,13 +72,15 @@ def measure(command: list[str], env: dict[str, str] | None = None) -> tuple[floa
     elapsed = time.perf_counter() - started
     done.set()
     sampler.join()
-    if process.returncode != 0:
+    if process.returncode not in ok:
         raise SystemExit(f"bench: {' '.join(command)} failed ({process.returncode}):\n{stderr.decode()[-2000:]}")
     return elapsed, peak
 
 
-def median_of(runs: int, command: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
-    samples = [measure(command, env) for _ in range(runs)]
+def median_of(
+    runs: int, command: list[str], env: dict[str, str] | None = None, ok: tuple[int, ...] = (0,)
+) -> dict[str, float]:
+    samples = [measure(command, env, ok) for _ in range(runs)]
     return {
         "median_s": round(statistics.median(s for s, _ in samples), 3),
         "peak_mb": round(max(kb for _, kb in samples) / 1024),
@@ -90,6 +94,45 @@ def config_with_extra_envs(folder: Path, extra: int, state_dir: Path) -> Path:
     text += "".join(f'\n[environments.extra{i}]\nprefix = "chrnx{i}"\npurge_protection = false\n' for i in range(extra))
     path = folder / f"environments-{extra}.toml"
     path.write_text(text)
+    return path
+
+
+# Just reading the logged rows: every line parsed, nothing else (the floor any monitor of the log stands on).
+READ_ONLY = """
+import json, sys
+rows = 0
+for name in sys.argv[1:]:
+    with open(name, encoding="utf-8") as handle:
+        for line in handle:
+            rows += len(json.loads(line)["inputs"] or ())
+print(rows)
+"""
+
+
+def write_request_log(state: Path, rows: int, batch: int = 50) -> Path:
+    """`rows` drifted customers as requests of `batch` rows in prod's request log (the router's format)."""
+    sys.path.insert(0, str(ROOT))
+    from datetime import UTC, datetime, timedelta
+
+    from deploy.core.contract import FEATURES
+    from deploy.training import synthetic
+
+    slot = json.loads((state / "serving" / "prod.json").read_text())
+    serving = max(slot["traffic"], key=slot["traffic"].get)
+    version = slot["deployments"][serving]["version"]
+    customers = synthetic.generate(rows, 7, drift=1.0)[list(FEATURES)]
+    records = json.loads(customers.to_json(orient="records"))
+    path = state / "serving" / "requests" / "prod.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    start = datetime.now(UTC) - timedelta(hours=12)
+    with path.open("w") as log:
+        for number, first in enumerate(range(0, rows, batch)):
+            inputs = records[first:first + batch]
+            log.write(json.dumps({
+                "time": (start + timedelta(seconds=number)).isoformat(timespec="milliseconds"), "slot": "prod",
+                "deployment": serving, "version": version, "status": 200, "latency_ms": 11.5, "inputs": inputs,
+                "outputs": [0] * len(inputs), "error": None,
+            }) + "\n")
     return path
 
 
@@ -125,6 +168,15 @@ def main() -> None:
                 for slot in ("stage", "prod"):
                     measure([*cli, "release", "--env", "local", "--config", cfg, "--to", slot, "--build", build])
                 release_times.append(time.perf_counter() - started)
+            # The monitor of prod (serving the last build) over a log of drifted traffic (exit 3: drift flagged).
+            for rows in (1_000_000, 250_000):
+                log = write_request_log(state, rows)
+                label = f"{rows:,} logged rows"
+                monitor = [*cli, "monitor", "--env", "local", "--config", cfg, "--window", "1d"]
+                results[f"read {label} (the limit)"] = median_of(options.slow_runs, [python, "-c", READ_ONLY, str(log)])
+                results[f"local monitor over {label}"] = median_of(options.slow_runs, monitor, ok=(0, 3))
+                print(f"{label}: {results[f'read {label} (the limit)']} / {results[f'local monitor over {label}']}",
+                      file=sys.stderr)
         finally:
             subprocess.run([*cli, "down", "--env", "local", "--config", cfg], cwd=ROOT, check=False)
         results["local train, 10,000 rows"] = {
@@ -136,6 +188,9 @@ def main() -> None:
 
     growth = results["synth 4 environments"]["median_s"] - results["synth 2 environments"]["median_s"]
     results["synth cost per added environment"] = {"median_s": round(growth / 2, 3), "runs": options.runs}
+    limit = results["read 1,000,000 logged rows (the limit)"]["median_s"]
+    results["monitor / read, 1,000,000 rows (goal < 3)"] = {
+        "median_s": round(results["local monitor over 1,000,000 logged rows"]["median_s"] / limit, 2), "runs": 1}
     (ROOT / "bench-results").mkdir(exist_ok=True)
     (ROOT / "bench-results" / "latest.json").write_text(json.dumps(results, indent=2))
     print(f"\nMedians on this machine ({os.cpu_count()} cores):\n")

@@ -186,16 +186,6 @@ class Scoring:
 
 
 @dataclass(frozen=True)
-class Monitoring:
-    """The churn-monitor job's schedule."""
-
-    schedule: str = "0 0 6 * * ?"  # Quartz: every day 06:00
-    timezone: str = "UTC"
-    paused: bool = False
-    job_timeout_minutes: int = 60
-
-
-@dataclass(frozen=True)
 class Alerts:
     """Who hears about failures, and the thresholds of each serving slot's alert rules."""
 
@@ -211,6 +201,27 @@ class Alerts:
 @dataclass(frozen=True)
 class Training:
     job_timeout_minutes: int = 60
+
+
+@dataclass(frozen=True)
+class Monitoring:
+    """What `monitor` judges a slot by, and the churn-monitor job's schedule."""
+
+    schedule: str = "0 0 6 * * ?"  # Quartz: every day 06:00
+    timezone: str = "UTC"
+    paused: bool = False
+    job_timeout_minutes: int = 60
+
+    min_rows: int = 200  # fewer rows in the window: "not enough data", never "no drift"
+    drift_distance: float = 0.1  # Jensen-Shannon distance (base 2) above which a distribution moved...
+    drift_p_value: float = 0.01  # ...if the test (KS or chi-square) also says it is not sampling noise
+    max_null_share: float = 0.01
+    max_out_of_range_share: float = 0.05  # numeric values outside the training split's range
+    max_unseen_share: float = 0.01  # categories the training split never had
+    max_error_rate: float = 0.05  # failed requests (status >= 400) over all requests
+    max_p95_latency_ms: float = 1000.0
+    min_outcomes: int = 100  # labeled customers a scoring date needs before its realized AUC counts
+    outcome_lookback_days: int = 180  # how far back past scores are joined to outcomes
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ COMMANDS = {
     "down": "deploy.release.rollout:run_down",
     "status": "deploy.status:run",
     "rotate-secret": "deploy.identity.rotation:run",
+    "monitor": "deploy.monitor:run",
 }
 SLOTS = ("stage", "prod")
 
@@ -67,6 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument(
         "--only-if-serving", metavar="BUILD",
         help="roll back only if the slot serves this build, else change nothing and exit 0 (after a failed release)",
+    )
+
+    monitor = commands.add_parser(
+        "monitor", parents=[common, as_json], help="drift, data quality, health and realized quality of a slot",
+        description="Judge what a slot's model sees against its training split. Exit status: 0 no threshold "
+        "crossed, 3 a threshold crossed, 2 bad input, 1 a failure.",
+    )
+    monitor.add_argument("--slot", default="prod", choices=SLOTS, help="slot to monitor (default: prod)")
+    monitor.add_argument("--window", default="7d", help="how far back to look: Nd or Nh, e.g. 7d or 36h (default: 7d)")
+    monitor.add_argument(
+        "--retrain", action="store_true",
+        help="local only: when drift or decay crosses a threshold, train build monitor-<date> in process",
     )
 
     commands.add_parser("status", parents=[common, as_json], help="slots, versions, traffic and secret expiry")

@@ -208,3 +208,30 @@ def deploy(dbutils: Any, env_name: str, build: str, deploy_type: str) -> str:
     result = release(env, deploy_type.lower(), build.strip() or "latest", force=False, outputs=outputs)
     return json.dumps(result.as_dict(), sort_keys=True, default=str)
 
+
+
+def monitor(dbutils: Any, env_name: str, slot: str, window: str) -> str:
+    """The `monitor_churn` notebook's body: monitor the slot over the window and, on Databricks, start
+    churn-train when drift or decay crossed a threshold. Returns the verdict as JSON (the exit value)."""
+    from datetime import datetime
+
+    from deploy.monitor import exit_status
+    from deploy.monitoring import retrain
+    from deploy.monitoring.run import run_monitor
+    from deploy.platform.outputs import load_outputs
+
+    env = environment(dbutils, env_name)
+    outputs, credential, spark = None, None, None
+    if not env.is_local:
+        outputs = load_outputs(env)
+        credential = sign_in_automation_identity(dbutils, env, outputs)
+        from pyspark.sql import SparkSession  # the job cluster's session: it reads the Delta score table
+
+        spark = SparkSession.getActiveSession()
+    result = run_monitor(env, slot, window.strip(), outputs=outputs, credential=credential, spark=spark)
+    if result.retrain_wanted:
+        at = datetime.fromisoformat(result.at)
+        result.retrain = retrain.planned(env, at) if env.is_local else \
+            retrain.start_on_databricks(env, outputs, at, credential)
+    document = result.as_dict()
+    return json.dumps({**document, "exit_status": exit_status(document)}, sort_keys=True, default=str)

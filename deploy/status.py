@@ -26,6 +26,10 @@ def collect(env: EnvConfig, outputs: Any = None, target: Any = None) -> dict[str
 
     stack = resolve_outputs(env, outputs)
     document = status(env, outputs=stack, target=target)
+    from deploy.monitoring.run import latest_verdict
+
+    for slot, info in document["slots"].items():
+        info["monitoring"] = latest_verdict(slot)  # the newest `monitor` run of the slot, or None
     if not env.is_local:
         from deploy.identity.rotation import secret_status
 
@@ -47,6 +51,9 @@ def render(document: dict[str, Any]) -> str:
         traffic = ", ".join(f"{name} {share}%" for name, share in sorted(info["traffic"].items())) or "-"
         lines.append(f"  traffic:    {traffic}")
         lines.append(f"  validation: {_validation(info['last_validation'])}")
+        watched = info.get("monitoring")
+        lines.append("  monitoring: " + ("-" if not watched else f"{watched['verdict']} ({watched['crossed']}) for "
+                                         f"version {watched['version']} over {watched['window']} at {watched['at']}"))
     if "secret" in document:
         lines.append("secret:")
         lines.extend(f"  {key}: {value}" for key, value in sorted(document["secret"].items()))

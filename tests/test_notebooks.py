@@ -24,6 +24,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = {
     "train_churn": ("env", "buildNumber", "buildSource", "force"),
     "deploy_churn": ("env", "buildNumber", "deployType"),
+    "monitor_churn": ("env", "slot", "window"),
 }
 
 
@@ -181,3 +182,26 @@ def test_the_secret_scope_is_the_one_the_stack_creates():
         for target in node.targets if isinstance(target, ast.Name)
     }
     assert assigned["SECRET_SCOPE"] == notebook_runtime.SECRET_SCOPE
+
+
+# --- monitor_churn --------------------------------------------------------------------------------
+
+
+def test_monitor_notebook_judges_the_slot_and_says_what_it_would_retrain(local_config):
+    """Locally the notebook runs the same monitor as the CLI; only Databricks starts churn-train."""
+    from tests.monitoring_fixtures import reference_and_current, serve, traffic, write_log
+
+    env = load_environment("local", local_config)
+    reference, drifted = reference_and_current(rows=1000, drift=1.0)
+    version = serve(env, "b-watch", reference)
+    from datetime import UTC, datetime
+
+    write_log(env, traffic(env, version, drifted, now=datetime.now(UTC)))
+    result = json.loads(notebook_runtime.run_notebook("monitor_churn", dbutils(local_config, window="1d")))
+    assert (result["slot"], result["version"], result["window"]["text"]) == ("prod", version, "1d")
+    assert result["verdict"] == "crossed" and result["exit_status"] == 3
+    assert result["retrain"]["started"] is False and result["retrain"]["build"].startswith("monitor-")
+    with pytest.raises(UsageError, match="notebook parameter slot='qa' is invalid"):
+        notebook_runtime.run_notebook("monitor_churn", dbutils(local_config, slot="qa"))
+    with pytest.raises(UsageError, match="--window '7 days' is invalid"):
+        notebook_runtime.run_notebook("monitor_churn", dbutils(local_config, window="7 days"))

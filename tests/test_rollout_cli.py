@@ -26,7 +26,7 @@ RELEASE_KEYS = {
     "already_serving", "gate", "validation", "overrides",
 }
 SLOT_KEYS = {"endpoint", "url", "state", "traffic", "serving", "previous", "deployments", "probe", "healthy",
-             "last_validation"}
+             "last_validation", "monitoring"}
 
 
 @pytest.fixture

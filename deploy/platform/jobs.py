@@ -164,6 +164,27 @@ def run_training(
     return _finished(client, finished, reused=False)
 
 
+def run_job(
+    client: WorkspaceClient,
+    job_id: str | int,
+    parameters: dict[str, str],
+    *,
+    timeout_minutes: float = 75,
+    poll_seconds: float = POLL_SECONDS,
+) -> JobRun:
+    """Start a run of a notebook job with `parameters` (queued behind a running one), wait, return its result.
+
+    Raises Refused with the run's state message and URL when it fails (as `run_training` does)."""
+    from databricks.sdk.service.jobs import QueueSettings
+
+    started = client.jobs.run_now(job_id=int(job_id), notebook_params=parameters, queue=QueueSettings(enabled=True))
+    run = client.jobs.get_run(started.run_id)
+    state = _state(run)
+    progress(f"started job run {run.run_id} of job {job_id} ({state}): {run.run_page_url}")
+    finished = _wait(client, run.run_id, timeout_minutes, poll_seconds, state)
+    return _finished(client, finished, reused=False)
+
+
 def find_build_run(client: WorkspaceClient, job_id: int, build: str) -> BaseRun | None:
     """The newest run of the job for `build` that is still active or succeeded; failed ones don't count."""
     recent = itertools.islice(client.jobs.list_runs(job_id=job_id), RECENT_RUNS)

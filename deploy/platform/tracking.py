@@ -6,6 +6,7 @@ MLflow is the one tracking and registry API: the local SQLite store and an Azure
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -65,6 +66,8 @@ def _initialize_local_store(env: EnvConfig) -> None:
     from deploy.platform.locks import Locks
 
     env.local.state_dir.mkdir(parents=True, exist_ok=True)
+    # "Creating initial MLflow database tables..." is MLflow's business, not the command's output.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     with Locks(str(env.local.state_dir)).hold("mlflow-store", "the local MLflow store", wait_seconds=120):
         MlflowClient().search_experiments(max_results=1)
 

@@ -4,6 +4,11 @@ The real table is not committed. This one drives the offline mode and the tests:
 and row count always give the same bytes. Churn rises with age (peaking in the fifties), in
 Germany, for inactive members, for women, and sharply with 3-4 products, as in the real table;
 about 20% of customers churn.
+
+`drift` (0 to 1, default 0) moves the customer base the way a bank's does when it grows into a new
+market: at `drift=1` a third of the customers come from Italy (a country the table never had, its
+churn like Spain's) and every customer is 8 years older. 0 gives exactly the undrifted table; the
+demo and the monitoring tests use 1.
 """
 
 from __future__ import annotations
@@ -18,6 +23,9 @@ from deploy.core.contract import COLUMNS, LABEL
 DEFAULT_ROWS = 10_000
 DEFAULT_SEED = 20_261_126
 CHURN_RATE = 0.204  # the real table's share of Exited = 1
+NEW_MARKET = "Italy"  # where the drifted customer base grows
+NEW_MARKET_SHARE = 1 / 3  # of the customers at drift=1
+AGE_SHIFT_YEARS = 8  # every customer older at drift=1
 
 SURNAMES = (
     "Hargrave", "Hill", "Onio", "Boni", "Mitchell", "Chu", "Bartlett", "Obinna", "He", "Ikechukwu", "Bearce", "Andrews",
@@ -27,14 +35,21 @@ SURNAMES = (
 )
 
 
-def generate(rows: int = DEFAULT_ROWS, seed: int = DEFAULT_SEED) -> pd.DataFrame:
-    """`rows` synthetic customers with exactly the columns of Churn_Modelling.csv, in its order."""
+def generate(rows: int = DEFAULT_ROWS, seed: int = DEFAULT_SEED, drift: float = 0.0) -> pd.DataFrame:
+    """`rows` synthetic customers with exactly the columns of Churn_Modelling.csv, in its order.
+    `drift` (0-1) grows a new market and ages the customers (see the module docstring)."""
     if rows < 1:
         raise ValueError(f"rows must be positive, not {rows}")
+    if not 0.0 <= drift <= 1.0:
+        raise ValueError(f"drift must be between 0 and 1, not {drift}")
     rng = np.random.default_rng(seed)
     geography = rng.choice(["France", "Germany", "Spain"], size=rows, p=[0.50, 0.25, 0.25])
     gender = rng.choice(["Male", "Female"], size=rows, p=[0.55, 0.45])
     age = np.clip(np.round(18 + rng.gamma(shape=4.0, scale=5.3, size=rows)), 18, 92).astype(int)
+    if drift:  # drawn from a generator of its own, so drift=0 leaves every other column's draws unchanged
+        shift = np.random.default_rng([seed, 1])
+        geography = np.where(shift.random(rows) < NEW_MARKET_SHARE * drift, NEW_MARKET, geography)
+        age = np.clip(age + round(AGE_SHIFT_YEARS * drift), 18, 92)
     tenure = rng.integers(0, 11, size=rows)
     # A third of customers hold no balance; German customers almost always hold one.
     zero_balance = rng.random(rows) < np.where(geography == "Germany", 0.02, 0.48)

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from azure.ai.ml import MLClient
 
+    from deploy.monitoring.diagnostics import DiagnosticSettings
     from deploy.platform.outputs import StackOutputs
 
 PREVIOUS_TAG = "previous-deployment"
@@ -36,9 +37,10 @@ MODEL_REFERENCE = re.compile(rf"(?:^|[:/]){re.escape(REGISTERED_MODEL)}(?::|/ver
 
 
 class AzureMLTarget(Target):
-    def __init__(self, env: EnvConfig, client: MLClient):
+    def __init__(self, env: EnvConfig, client: MLClient, diagnostics: DiagnosticSettings | None = None):
         self.env = env
         self.client = client
+        self.diagnostics = diagnostics  # sends each endpoint's logs and metrics to Log Analytics (the alerts)
         self._scoring: dict[str, tuple[str, str]] = {}  # endpoint -> (scoring URI, token), fetched once
         self._clients: dict[str, Any] = {}  # endpoint -> its scoring client, kept for the validation's requests
 
@@ -52,7 +54,15 @@ class AzureMLTarget(Target):
             credential(env), outputs.subscription_id, outputs.resource_group, outputs.ml_workspace_name,
             cloud=env.cloud.name,
         )
-        return cls(env, client)
+        from deploy.monitoring.diagnostics import DiagnosticSettings
+
+        # Each endpoint and deployment sends its logs and metrics to the stack's Log Analytics workspace,
+        # where the slot's alert rules (stacks/alerts) read them.
+        diagnostics = DiagnosticSettings(
+            env, outputs.log_analytics_workspace_id, credential(env), subscription_id=outputs.subscription_id,
+            resource_group=outputs.resource_group, ml_workspace=outputs.ml_workspace_name,
+        )
+        return cls(env, client, diagnostics)
 
     def describe(self, slot: str) -> EndpointInfo | None:
         from azure.core.exceptions import ResourceNotFoundError
@@ -80,6 +90,7 @@ class AzureMLTarget(Target):
 
         found = self.describe(slot)
         if found is not None:
+            self._send_diagnostics(found.name)  # an idempotent PUT: a run interrupted after creating converges
             return found
         name = self.env.endpoint_name(slot)
         progress(f"  creating endpoint {name}")
@@ -89,7 +100,19 @@ class AzureMLTarget(Target):
         created = self.describe(slot)
         if created is None:
             raise DeployError(f"endpoint {name} was created but cannot be read back")
+        self._send_diagnostics(name)
         return created
+
+    def _send_diagnostics(self, endpoint: str, deployment: str | None = None) -> None:
+        """The endpoint's logs and metrics (or a deployment's metrics) to Log Analytics, where the alerts read."""
+        if self.diagnostics is None:
+            return
+        if deployment is None:
+            self.diagnostics.for_endpoint(endpoint)
+        else:
+            self.diagnostics.for_deployment(endpoint, deployment)
+        what = f"deployment {deployment}" if deployment else f"endpoint {endpoint}"
+        progress(f"  {what} sends its logs and metrics to Log Analytics")
 
     def create_deployment(self, slot: str, name: str, version: str) -> DeploymentInfo:
         from azure.ai.ml.entities import ManagedOnlineDeployment
@@ -107,7 +130,7 @@ class AzureMLTarget(Target):
         deployment = ManagedOnlineDeployment(
             name=name, endpoint_name=endpoint, model=f"azureml:{REGISTERED_MODEL}:{version}",
             instance_type=self.env.serving.instance_type, instance_count=self.env.serving.instance_count,
-            tags={VERSION_TAG: version},
+            tags={VERSION_TAG: version}, data_collector=production_data_collector(),
         )
         progress(f"  creating deployment {name} of {endpoint} (version {version}, "
                  f"{self.env.serving.instance_count} x {self.env.serving.instance_type}), zero traffic")
@@ -116,6 +139,7 @@ class AzureMLTarget(Target):
         state = getattr(created, "provisioning_state", None) or SUCCEEDED
         if state != SUCCEEDED:
             raise DeployError(f"deployment {name} of {endpoint} ended in state {state}")
+        self._send_diagnostics(endpoint, name)
         return DeploymentInfo(name, version, 0, state)
 
     def invoke_deployment(self, slot: str, name: str, rows: pd.DataFrame) -> list[Any]:
@@ -214,6 +238,26 @@ def version_of(deployment: Any) -> str | None:
     return match.group(1) if match else None
 
 
+
+
+def production_data_collector() -> Any:
+    """Azure ML's production-data collection of the model's inputs and outputs, into the workspace's blob store
+    (hourly folders). For MLflow no-code deployments Azure ML instruments the scoring itself; the collection
+    names `model_inputs` and `model_outputs` are the ones its model monitoring reads."""
+    import logging
+
+    from azure.ai.ml.entities import DataCollector, DeploymentCollection
+
+    notices = logging.getLogger("azure.ai.ml._utils._experimental")  # both classes log "experimental" once
+    level = notices.level
+    notices.setLevel(logging.ERROR)
+    try:
+        return DataCollector(
+            collections={name: DeploymentCollection(enabled="true") for name in ("model_inputs", "model_outputs")},
+            rolling_rate="hour",
+        )
+    finally:
+        notices.setLevel(level)
 
 
 def predictions_of(answer: str) -> list[Any]:
