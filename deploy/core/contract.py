@@ -9,6 +9,11 @@ MANUAL_SOURCE = "manual"  # the source recorded when a notebook is run by hand w
 
 REGISTERED_MODEL = "churn-model"
 MODEL_ARTIFACT_PATH = "model"
+# The scoring contract, online and in batch: per customer, the churn probability (a float in [0, 1])
+# and the decision at the model's threshold (0 or 1).
+PROBABILITY = "churn_probability"
+DECISION = "churn"
+SCORING_EXPERIMENT = "churn-scoring"
 
 LABEL = "Exited"
 ID_COLUMNS = ("RowNumber", "CustomerId", "Surname")
