@@ -30,6 +30,8 @@ COLUMNS = (
 
 DATA_CONTAINER = "churndata"
 SOURCE_DATA_PATH = "Churn_Modelling.csv"  # the table inside the container
+SCORES_PATH = "scores"  # the batch scores inside the container: one partition per scoring date
+ID_COLUMN = "CustomerId"  # what a score is keyed by
 
 
 def audit_path(build: str, split: str) -> str:
