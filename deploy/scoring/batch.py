@@ -17,6 +17,8 @@ counts them (and the empty values of each column).
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -200,23 +202,31 @@ def describe_model(version: str) -> ModelVersion:
 
 def model_udf(spark: SparkSession, model: ModelVersion) -> Any:
     """The model as a Spark UDF returning the contract's struct (probability, decision), run on the executors."""
-    import logging
-
     import mlflow
 
-    # spark_udf warns that env_manager="local" does not rebuild the training environment: by design,
-    # the job installs the model's pinned requirements. (Its check of those pins still warns.)
-    pyfunc_logger = logging.getLogger("mlflow.pyfunc")
-    level = pyfunc_logger.level
-    pyfunc_logger.setLevel(logging.ERROR)
-    try:
+    # spark_udf warns that env_manager="local" does not rebuild the training environment: by design, the
+    # job installs the model's pinned requirements (its check of those pins still warns on a mismatch).
+    with _quiet("mlflow.pyfunc", "mlflow.models.flavor_backend_registry"):
         return mlflow.pyfunc.spark_udf(
             spark, model.uri, result_type=RESULT_TYPE, env_manager="local",
             # One OpenMP thread per Python worker: Spark runs one worker per core already.
             extra_env={"OMP_NUM_THREADS": "1"},
         )
+
+
+@contextmanager
+def _quiet(*names: str) -> Iterator[None]:
+    import logging
+
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [found.level for found in loggers]
+    for found in loggers:
+        found.setLevel(logging.ERROR)
+    try:
+        yield
     finally:
-        pyfunc_logger.setLevel(level)
+        for found, level in zip(loggers, levels, strict=True):
+            found.setLevel(level)
 
 
 def risk_decile_cuts(customers: Customers, predict: Any, sample_rows: int = DECILE_SAMPLE) -> list[float]:
