@@ -109,7 +109,7 @@ def summary(document: dict[str, Any]) -> str:
         rows = [[str(customer.get(name, "")) if name != PROBABILITY else f"{customer[name]:.3f}" for name in header]
                 for customer in riskiest]
         widths = [max(len(name), *(len(row[index]) for row in rows)) for index, name in enumerate(header)]
-        lines.append("  " + "  ".join(name.ljust(width) for name, width in zip(header, widths, strict=True)))
-        lines.extend("  " + "  ".join(value.ljust(width) for value, width in zip(row, widths, strict=True))
+        lines.append("  " + "  ".join(name.ljust(width) for name, width in zip(header, widths, strict=True)).rstrip())
+        lines.extend("  " + "  ".join(value.ljust(width) for value, width in zip(row, widths, strict=True)).rstrip()
                      for row in rows)
     return "\n".join(lines)
