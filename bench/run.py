@@ -4,7 +4,11 @@
   whole process tree (Python + the jsii node process), and how it grows per added environment;
 - `python -m deploy --help` (CLI start-up);
 - local training of one build on 10,000 synthetic rows, MLflow logging included;
-- local `release --to stage` then `--to prod` of one build.
+- local `release --to stage` then `--to prod` of one build;
+- batch scoring of 250,000 and 1,000,000 synthetic customers on local Spark (`score --env local`, 2
+  cores): the job's time and rows per second, the command's wall time, and the peak memory of the
+  whole process tree (driver, JVM, Python workers), beside the in-process pandas baseline (the model
+  loaded once, `predict` on the same rows in chunks of 100,000), with one and with two threads.
 
 Results print as a Markdown table (paste it into the README) and go to bench-results/latest.json.
 """
@@ -50,11 +54,15 @@ def tree_rss_kb(root_pid: int) -> int:
     return total
 
 
-def measure(command: list[str], env: dict[str, str] | None = None) -> tuple[float, int]:
-    """Wall seconds and peak tree RSS (KiB) of one run; fails loudly if the command fails."""
+def measure(
+    command: list[str], env: dict[str, str] | None = None, output: list[str] | None = None
+) -> tuple[float, int]:
+    """Wall seconds and peak tree RSS (KiB) of one run; fails loudly if the command fails. `output`, if
+    given, receives the command's stdout."""
     started = time.perf_counter()
     process = subprocess.Popen(
-        command, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        command, cwd=ROOT, env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE if output is not None else subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     peak = 0
     done = threading.Event()
@@ -66,8 +74,10 @@ def measure(command: list[str], env: dict[str, str] | None = None) -> tuple[floa
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    _, stderr = process.communicate()
+    stdout, stderr = process.communicate()
     elapsed = time.perf_counter() - started
+    if output is not None:
+        output.append(stdout.decode())
     done.set()
     sampler.join()
     if process.returncode != 0:
@@ -93,11 +103,90 @@ def config_with_extra_envs(folder: Path, extra: int, state_dir: Path) -> Path:
     return path
 
 
+SCORING_SIZES = (250_000, 1_000_000)
+BASELINE_CHUNK = 100_000
+
+
+def write_customers(path: Path, rows: int) -> None:
+    """`rows` synthetic customers as a CSV (in a child process: the bench itself stays small)."""
+    code = (f"from deploy.training import synthetic; "
+            f"synthetic.generate({rows}, seed={rows}).to_csv({str(path)!r}, index=False)")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def pandas_baseline(config: str, version: str, csv: str) -> None:
+    """The in-process limit of the model: load it once, predict the rows in chunks; prints the predict time."""
+    sys.path.insert(0, str(ROOT))  # run as bench/run.py: the project's packages live one folder up
+    import pandas as pd
+
+    from config import load_environment
+    from deploy.core.contract import FEATURES
+    from deploy.platform import tracking
+    from deploy.release import registry
+
+    tracking.use_environment(load_environment("local", config))
+    model = registry.load_model(registry.model_uri(version))
+    rows = pd.read_csv(csv)[list(FEATURES)]
+    started = time.perf_counter()
+    for start in range(0, len(rows), BASELINE_CHUNK):
+        model.predict(rows.iloc[start : start + BASELINE_CHUNK])
+    print(json.dumps({"rows": len(rows), "seconds": time.perf_counter() - started}))
+
+
+def bench_scoring(cli: list[str], cfg: str, folder: Path, runs: int) -> dict[str, dict[str, float]]:
+    """Score each size `runs` times with the prod slot's model, and the pandas baseline on the same rows."""
+    results: dict[str, dict[str, float]] = {}
+    for rows in SCORING_SIZES:
+        csv = folder / f"customers-{rows}.csv"
+        write_customers(csv, rows)
+        jobs, walls, peaks, version = [], [], [], ""
+        for run in range(runs):
+            output: list[str] = []
+            command = [*cli, "score", "--env", "local", "--config", cfg, "--slot", "prod", "--input", str(csv),
+                       "--date", f"2026-12-{run + 1:02d}", "--json"]
+            wall, peak = measure(command, output=output)
+            document = json.loads(output[0])
+            jobs.append(document["seconds"])
+            walls.append(wall)
+            peaks.append(peak)
+            version = document["model_version"]
+        job = statistics.median(jobs)
+        results[f"score {rows:,} customers, Spark local[2] (job)"] = {
+            "median_s": round(job, 3), "rows_per_s": round(rows / job), "peak_mb": round(max(peaks) / 1024),
+            "runs": runs,
+        }
+        results[f"score {rows:,} customers, Spark local[2] (command, with start-up)"] = {
+            "median_s": round(statistics.median(walls), 3), "rows_per_s": round(rows / statistics.median(walls)),
+            "runs": runs,
+        }
+        for threads in ("1", "2"):
+            seconds, peaks = [], []
+            for _ in range(runs):
+                output = []
+                _, peak = measure([sys.executable, str(Path(__file__)), "--pandas-baseline", cfg, version, str(csv)],
+                                  env={"OMP_NUM_THREADS": threads}, output=output)
+                seconds.append(json.loads(output[0])["seconds"])
+                peaks.append(peak)
+            median = statistics.median(seconds)
+            plural = "s" if threads != "1" else ""
+            results[f"score {rows:,} customers, pandas in process ({threads} thread{plural})"] = {
+                "median_s": round(median, 3), "rows_per_s": round(rows / median), "peak_mb": round(max(peaks) / 1024),
+                "runs": runs,
+            }
+        print(f"scoring {rows:,}: {results}", file=sys.stderr)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="runs per quick measurement (default 5)")
-    parser.add_argument("--slow-runs", type=int, default=3, help="runs of training and release (default 3)")
+    parser.add_argument("--slow-runs", type=int, default=3, help="runs of training, release and scoring (default 3)")
+    parser.add_argument("--only", choices=("scoring",), help="run only this part")
+    parser.add_argument("--pandas-baseline", nargs=3, metavar=("CONFIG", "VERSION", "CSV"), help=argparse.SUPPRESS)
     options = parser.parse_args()
+    if options.pandas_baseline:
+        pandas_baseline(*options.pandas_baseline)
+        return
     python = sys.executable
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="churn-bench-") as scratch:
@@ -105,44 +194,50 @@ def main() -> None:
         state = folder / "state"
         out = {"CDKTF_OUTDIR": str(folder / "cdktf.out")}
 
-        for extra in (0, 2):
-            cfg = config_with_extra_envs(folder, extra, state)
-            label = f"synth {2 + extra} environments"
-            results[label] = median_of(options.runs, [python, "main.py"], {**out, "CHURN_CONFIG": str(cfg)})
-            print(f"{label}: {results[label]}", file=sys.stderr)
+        if not options.only:
+            for extra in (0, 2):
+                cfg = config_with_extra_envs(folder, extra, state)
+                label = f"synth {2 + extra} environments"
+                results[label] = median_of(options.runs, [python, "main.py"], {**out, "CHURN_CONFIG": str(cfg)})
+                print(f"{label}: {results[label]}", file=sys.stderr)
 
-        results["python -m deploy --help"] = median_of(options.runs * 2, [python, "-m", "deploy", "--help"])
-        print(f"--help: {results['python -m deploy --help']}", file=sys.stderr)
+            results["python -m deploy --help"] = median_of(options.runs * 2, [python, "-m", "deploy", "--help"])
+            print(f"--help: {results['python -m deploy --help']}", file=sys.stderr)
 
         cfg = str(config_with_extra_envs(folder, 0, state))
         cli = [python, "-m", "deploy"]
         train_times, release_times = [], []
         try:
-            for run in range(options.slow_runs):
+            for run in range(options.slow_runs if not options.only else 1):
                 build = f"bench.{run}"
                 train_times.append(measure([*cli, "train", "--env", "local", "--config", cfg, "--build", build])[0])
                 started = time.perf_counter()
                 for slot in ("stage", "prod"):
                     measure([*cli, "release", "--env", "local", "--config", cfg, "--to", slot, "--build", build])
                 release_times.append(time.perf_counter() - started)
+            results.update(bench_scoring(cli, cfg, folder, options.slow_runs))
         finally:
             subprocess.run([*cli, "down", "--env", "local", "--config", cfg], cwd=ROOT, check=False)
-        results["local train, 10,000 rows"] = {
-            "median_s": round(statistics.median(train_times), 3), "runs": len(train_times)
-        }
-        results["local release stage + prod"] = {
-            "median_s": round(statistics.median(release_times), 3), "runs": len(release_times)
-        }
+        if not options.only:
+            results["local train, 10,000 rows"] = {
+                "median_s": round(statistics.median(train_times), 3), "runs": len(train_times)
+            }
+            results["local release stage + prod"] = {
+                "median_s": round(statistics.median(release_times), 3), "runs": len(release_times)
+            }
 
-    growth = results["synth 4 environments"]["median_s"] - results["synth 2 environments"]["median_s"]
-    results["synth cost per added environment"] = {"median_s": round(growth / 2, 3), "runs": options.runs}
+    if not options.only:
+        growth = results["synth 4 environments"]["median_s"] - results["synth 2 environments"]["median_s"]
+        results["synth cost per added environment"] = {"median_s": round(growth / 2, 3), "runs": options.runs}
     (ROOT / "bench-results").mkdir(exist_ok=True)
-    (ROOT / "bench-results" / "latest.json").write_text(json.dumps(results, indent=2))
+    name = "latest.json" if not options.only else f"latest-{options.only}.json"
+    (ROOT / "bench-results" / name).write_text(json.dumps(results, indent=2))
     print(f"\nMedians on this machine ({os.cpu_count()} cores):\n")
-    print("| operation | median | peak memory | runs |\n|---|---|---|---|")
+    print("| operation | median | rows/s | peak memory | runs |\n|---|---|---|---|---|")
     for label, figures in results.items():
         memory = f"{figures['peak_mb']:.0f} MB" if "peak_mb" in figures else "-"
-        print(f"| {label} | {figures['median_s']:.2f} s | {memory} | {figures['runs']} |")
+        rate = f"{figures['rows_per_s']:,.0f}" if "rows_per_s" in figures else "-"
+        print(f"| {label} | {figures['median_s']:.2f} s | {rate} | {memory} | {figures['runs']} |")
 
 
 if __name__ == "__main__":

@@ -55,6 +55,7 @@ DECILE_SEED = 20_261_201
 DECILES = [step / 10 for step in range(1, 10)]
 QUANTILE_ERROR = 0.0005  # approxQuantile's relative rank error on the sample
 RISKIEST = 10
+ARROW_BATCH_ROWS = 50_000
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,9 @@ def score_customers(
     """Score `env`'s customer table (or `request.input`) and replace the scores of `request.scoring_date`."""
     tracking.use_environment(env, outputs)
     delta = not env.is_local
+    # Larger Arrow batches than Spark's 10,000 rows: the model's per-call cost is paid less often (about a
+    # quarter more rows per second here), and a batch of 50,000 customers is still only a few megabytes.
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(ARROW_BATCH_ROWS))
 
     # 1. The model version: the one asked for, else the one the slot serves (the serving target's word).
     version = request.version or serving_version(env, outputs, request.slot)
@@ -286,21 +290,21 @@ def risk_decile(cuts: list[float]) -> Column:
 
 
 def summarise(written: DataFrame) -> dict[str, Any]:
-    """Counts and the probability histogram of the written scores (aggregated on the executors)."""
+    """Counts and the probability histogram of the written scores: one aggregation on the executors."""
     from pyspark.sql import functions as F
 
     probability = F.col(PROBABILITY)
+    bin_of = F.least(F.floor(probability * lineage.HISTOGRAM_BINS), F.lit(lineage.HISTOGRAM_BINS - 1))
     totals = written.agg(
         F.count(probability).alias("rows_scored"), F.sum(F.col(DECISION)).alias("churners"),
         F.avg(probability).alias("mean_probability"),
+        *[F.count(F.when(bin_of == index, 1)).alias(f"bin{index}") for index in range(lineage.HISTOGRAM_BINS)],
     ).first()
-    bin_of = F.least(F.floor(probability * lineage.HISTOGRAM_BINS), F.lit(lineage.HISTOGRAM_BINS - 1)).cast("int")
-    counts = dict(written.filter(probability.isNotNull()).groupBy(bin_of.alias("bin")).count().collect())
     return {
         "rows_scored": int(totals["rows_scored"]),
         "churners": int(totals["churners"] or 0),
         "mean_probability": None if totals["mean_probability"] is None else float(totals["mean_probability"]),
-        "histogram": [int(counts.get(index, 0)) for index in range(lineage.HISTOGRAM_BINS)],
+        "histogram": [int(totals[f"bin{index}"]) for index in range(lineage.HISTOGRAM_BINS)],
     }
 
 
