@@ -1,5 +1,5 @@
 # The developer's and the pipeline's one entry point: every target installs what it needs first.
-#   make demo   install, synthesize every environment, then train and release a build offline
+#   make demo   install, synthesize every environment, train and release a build offline, score the customers
 #   make test   install and run the whole suite (pytest, then the checkov security scan)
 #   make bench  medians of synthesis, CLI start-up, local training and release
 #   make infra-diff ENV=dev / make infra-deploy ENV=dev   cdktn diff / deploy of stack churn-<ENV>
@@ -135,6 +135,8 @@ demo: synth summary
 	@echo "Scoring two customers against churnservice-prod (local):"
 	@curl -sS -H 'Content-Type: application/json' --data @examples/score-request.json \
 	  http://127.0.0.1:$$($(PY) -c "from config import load_environment as l; print(l('local').local.prod_port)")/invocations; echo
+	@echo "Scoring the whole customer base with the prod model (batch, local Spark):"
+	$(PY) -m deploy score --env local --slot prod
 	@echo "Monitoring: a new market grows and customers age; 2,000 such customers go through churnservice-prod:"
 	$(PY) -m deploy.monitoring.traffic --env local --slot prod --rows 2000 --drift 1
 	$(PY) -m deploy monitor --env local --slot prod --window 1d || test $$? -eq 3  # 3: drift flagged, as expected

@@ -18,6 +18,7 @@ from deploy.core.report import emit_json, json_emitted, start_command
 
 COMMANDS = {
     "train": "deploy.train:run",
+    "score": "deploy.score:run",
     "release": "deploy.release.rollout:run_release",
     "rollback": "deploy.release.rollout:run_rollback",
     "down": "deploy.release.rollout:run_down",
@@ -53,6 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data", help="churn CSV to train on (local only; default: synthetic data)")
     train.add_argument("--no-wait", action="store_true", help="start the job and return without waiting")
     train.add_argument("--force", action="store_true", help="start a new run even if this build has one")
+
+    score = commands.add_parser(
+        "score", parents=[common, as_json], help="score the customer base with a model version (batch, on Spark)"
+    )
+    model = score.add_mutually_exclusive_group()
+    model.add_argument("--slot", choices=SLOTS, help="score with the version this slot serves (default: prod)")
+    model.add_argument("--version", help="score with this registered model version")
+    score.add_argument("--date", help="scoring date YYYY-MM-DD (default: today, UTC); a re-run replaces its scores")
+    score.add_argument("--input", help="customer table URI (default: the data container's churn table)")
 
     release = commands.add_parser(
         "release", parents=[common, as_json, slot_lock], help="gate, deploy blue/green, validate and switch a slot"

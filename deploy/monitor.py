@@ -68,7 +68,8 @@ def monitor_on_databricks(args: argparse.Namespace, env: EnvConfig) -> dict[str,
     client = jobs.workspace_client(env, outputs)
     minutes = env.monitoring.job_timeout_minutes + WAIT_MARGIN_MINUTES
     parameters = {"slot": args.slot, "window": args.window}
-    job_run = jobs.run_job(client, outputs.monitor_job_id, parameters, timeout_minutes=minutes)
+    job_run = jobs.run_job(client, outputs.monitor_job_id, parameters, what=f"monitoring of slot {args.slot}",
+                           timeout_minutes=minutes)
     if not job_run.notebook_result:
         raise RuntimeError(
             f"job run {job_run.run_id} of churn-monitor returned no verdict; see {job_run.run_page_url}"

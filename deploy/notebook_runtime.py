@@ -24,6 +24,7 @@ from deploy.core.errors import UsageError
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
+    from pyspark.sql import SparkSession
 
     from deploy.platform.outputs import StackOutputs
 
@@ -235,3 +236,51 @@ def monitor(dbutils: Any, env_name: str, slot: str, window: str) -> str:
             retrain.start_on_databricks(env, outputs, at, credential)
     document = result.as_dict()
     return json.dumps({**document, "exit_status": exit_status(document)}, sort_keys=True, default=str)
+
+
+def score(
+    dbutils: Any, env_name: str, slot: str, version: str, scoring_date: str, input_uri: str,
+    spark: SparkSession | None = None,
+) -> str:
+    """The `score_churn` notebook's body: score the customer base for one date; returns the run as JSON.
+
+    On Databricks `spark` is the cluster's session, given the automation identity's access to the data
+    container; locally (no `spark`) a local-mode session is started, or the running one reused.
+    """
+    from deploy.platform.outputs import load_outputs
+    from deploy.scoring import score_customers
+    from deploy.scoring.request import scoring_request
+
+    env = environment(dbutils, env_name)
+    request = scoring_request(scoring_date, version, slot, input_uri)
+    outputs = None
+    if not env.is_local:
+        if spark is None:
+            raise UsageError(f"environment '{env.name}' scores on Databricks; run the notebook on the job's cluster")
+        outputs = load_outputs(env)
+        sign_in_automation_identity(dbutils, env, outputs)
+        spark_reads_data_container(dbutils, spark, env, outputs)
+    elif spark is None:
+        from deploy.scoring.local_spark import local_session
+
+        spark = local_session()
+    result = score_customers(spark, env, request, outputs)
+    return json.dumps(result.as_dict(), sort_keys=True, default=str)
+
+
+def spark_reads_data_container(dbutils: Any, spark: SparkSession, env: EnvConfig, outputs: StackOutputs) -> None:
+    """Let the session's abfss reads and writes of the data account act as the automation identity
+    (OAuth client credentials, the ABFS driver's own settings; DBFS mounts are deprecated).
+
+    Session settings only: nothing is stored, and Spark redacts settings whose name says secret."""
+    host = f"{outputs.data_account}.dfs.{env.cloud.storage_suffix}"
+    secret = dbutils.secrets.get(scope=SECRET_SCOPE, key=outputs.client_secret_name)
+    settings = {
+        "fs.azure.account.auth.type": "OAuth",
+        "fs.azure.account.oauth.provider.type": "org.apache.hadoop.fs.azurebfs.oauth2.ClientCredsTokenProvider",
+        "fs.azure.account.oauth2.client.id": outputs.automation_client_id,
+        "fs.azure.account.oauth2.client.secret": secret,
+        "fs.azure.account.oauth2.client.endpoint": f"{env.cloud.authority_host}/{outputs.tenant_id}/oauth2/token",
+    }
+    for key, value in settings.items():
+        spark.conf.set(f"{key}.{host}", value)

@@ -21,15 +21,17 @@ def run(args: argparse.Namespace, env: EnvConfig) -> int:
 
 
 def collect(env: EnvConfig, outputs: Any = None, target: Any = None) -> dict[str, Any]:
-    """The slots (from the release side) and, on Azure, the automation secret (from the identity side)."""
+    """The slots (release), each slot's latest monitoring verdict (monitoring), the latest scoring run
+    (scoring) and, on Azure, the automation secret (identity)."""
+    from deploy.monitoring.run import latest_verdict
     from deploy.release.rollout import resolve_outputs, status
+    from deploy.scoring import latest_run
 
     stack = resolve_outputs(env, outputs)
     document = status(env, outputs=stack, target=target)
-    from deploy.monitoring.run import latest_verdict
-
     for slot, info in document["slots"].items():
         info["monitoring"] = latest_verdict(slot)  # the newest `monitor` run of the slot, or None
+    document["scoring"] = latest_run(env)  # the latest batch-scoring run (MLflow already points at env)
     if not env.is_local:
         from deploy.identity.rotation import secret_status
 
@@ -54,6 +56,7 @@ def render(document: dict[str, Any]) -> str:
         watched = info.get("monitoring")
         lines.append("  monitoring: " + ("-" if not watched else f"{watched['verdict']} ({watched['crossed']}) for "
                                          f"version {watched['version']} over {watched['window']} at {watched['at']}"))
+    lines.append(f"scoring: {_scoring(document.get('scoring'))}")
     if "secret" in document:
         lines.append("secret:")
         lines.extend(f"  {key}: {value}" for key, value in sorted(document["secret"].items()))
@@ -82,3 +85,12 @@ def _validation(result: dict[str, Any] | None) -> str:
 
     verdict = "passed" if result["passed"] else "failed: " + "; ".join(result["reasons"])
     return f"version {result['version']} {verdict} ({summary(result)}) at {result['at']}"
+
+
+def _scoring(run: dict[str, Any] | None) -> str:
+    if run is None:
+        return "-"
+    via = f" (slot {run['slot']})" if run.get("slot") else ""
+    return (f"{run['scoring_date']} with version {run['model_version']} build {run['build']}{via}: "
+            f"{run['rows']} rows, {run['rows_unscored']} unscored, {run['status']} at {run['started']}, "
+            f"in {run['output']}")

@@ -62,14 +62,7 @@ def local_config(tmp_path: Path) -> Path:
     """An environments file whose `local` environment keeps its state in the test's folder and
     serves on free ports, so tests running side by side never share servers or stores."""
     path = tmp_path / "environments.toml"
-    stage, prod = free_port(), free_port()
-    while prod == stage:
-        prod = free_port()
-    path.write_text(
-        SHIPPED_CONFIG.read_text().replace('state_dir = ".state/local"', f'state_dir = "{tmp_path / "state"}"')
-        .replace("stage_port = 5301", f"stage_port = {stage}")
-        .replace("prod_port = 5302", f"prod_port = {prod}")
-    )
+    path.write_text(local_config_text(tmp_path / "state"))
     return path
 
 
@@ -79,3 +72,26 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     from tests.fakes_azure import make_certificate
 
     return make_certificate(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """One local Spark session for the whole suite (it takes seconds to start), the one `score --env local`
+    uses: the scoring code finds it running and reuses it."""
+    from deploy.scoring.local_spark import local_session
+
+    session = local_session()
+    yield session
+    session.stop()
+
+
+def local_config_text(state_dir: Path) -> str:
+    """The shipped environments file with `local` keeping its state in `state_dir` and serving on free ports."""
+    stage, prod = free_port(), free_port()
+    while prod == stage:
+        prod = free_port()
+    return (
+        SHIPPED_CONFIG.read_text().replace('state_dir = ".state/local"', f'state_dir = "{state_dir}"')
+        .replace("stage_port = 5301", f"stage_port = {stage}")
+        .replace("prod_port = 5302", f"prod_port = {prod}")
+    )

@@ -2,8 +2,9 @@
 Azure ML workspace behind autospecs of the real azure-ai-ml operation classes.
 
 `log_build` writes what `deploy.training.train_build` leaves behind (a finished run in experiment
-automl-churn tagged buildnumber/buildsource, an sklearn model at artifact path `model` with a
-signature over the contract's features, the audit file runs/<build>/test.csv, the `test_data`
+automl-churn tagged buildnumber/buildsource, the churn pyfunc model at artifact path `model`
+(`deploy.training.packaging`: skops pipeline, probability and decision, a signature over the
+contract's features), the audit file runs/<build>/test.csv, the `test_data`
 param and tag), but with a small logistic regression on a few hundred rows with a strong signal, so
 that a "good" build passes the gate every time and a test stays fast. `weak` sees only Age and
 `inverted` learned the labels upside down (AUC far below any gate); `corrupted` was trained and tested on
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import json
-import tempfile
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -35,11 +35,12 @@ from deploy.core.contract import (
     TAG_SOURCE,
     audit_path,
 )
-from deploy.core.contract import MODEL_ARTIFACT_PATH as MODEL_PATH
 from deploy.platform import tracking
 from deploy.release import registry
+from deploy.training import packaging
 
 QUALITIES = ("good", "weak", "inverted", "corrupted")
+THRESHOLD = 0.5  # the builds' decision threshold (training picks one; these builds need not)
 
 
 def churn_frame(rows: int, seed: int) -> pd.DataFrame:
@@ -93,7 +94,6 @@ def log_build(
     `record_location=False` leaves out the test_data param and tag (a run from before training recorded them).
     """
     import mlflow
-    from mlflow.models import infer_signature
 
     tracking.use_environment(env)
     experiment_id = tracking.ensure_experiment(env)
@@ -106,18 +106,14 @@ def log_build(
     test_location = tracking.local_data_root(env) / audit_path(build, "test")
     test_location.parent.mkdir(parents=True, exist_ok=True)
     test.to_csv(test_location, index=False)
-    features = train[list(FEATURES)]
     with mlflow.start_run(experiment_id=experiment_id, tags={TAG_BUILD: build, TAG_SOURCE: source}) as run:
         if record_location:
             mlflow.log_param("test_data", str(test_location))
             mlflow.set_tag("test_data", str(test_location))
-        # As training does: saved, then logged as the run's `model` artifacts (no MLflow 3 logged model).
-        with tempfile.TemporaryDirectory() as folder:
-            mlflow.sklearn.save_model(
-                model, Path(folder) / MODEL_PATH, signature=infer_signature(features, model.predict(features)),
-                input_example=features.head(3), pip_requirements=["scikit-learn", "pandas"],
-            )
-            mlflow.log_artifacts(str(Path(folder) / MODEL_PATH), artifact_path=MODEL_PATH)
+        mlflow.log_param("decision_threshold", THRESHOLD)
+        # As training does: the same pyfunc model from code over a skops file, logged as the run's `model`
+        # artifacts (no MLflow 3 logged model).
+        packaging.log_model(model, train[list(FEATURES)], THRESHOLD)
     return run.info.run_id
 
 

@@ -25,6 +25,7 @@ NOTEBOOKS = {
     "train_churn": ("env", "buildNumber", "buildSource", "force"),
     "deploy_churn": ("env", "buildNumber", "deployType"),
     "monitor_churn": ("env", "slot", "window"),
+    "score_churn": ("env", "slot", "version", "scoringDate", "input"),
 }
 
 
@@ -136,6 +137,33 @@ def test_deploy_notebook_releases_the_latest_build_to_stage_and_refuses_prod_fir
 def test_deploy_notebook_refuses_a_deploy_type_outside_its_dropdown(local_config):
     with pytest.raises(UsageError, match="deployType='QA' is invalid; expected one of Stage, Prod"):
         notebook_runtime.run_notebook("deploy_churn", dbutils(local_config, deployType="QA"))
+
+
+# --- score_churn ----------------------------------------------------------------------------------
+
+
+def test_score_notebook_scores_the_date_with_the_version_it_is_given(local_config, spark, tmp_path):
+    from deploy.release import registry
+    from tests.rollout_fixtures import log_build
+
+    env = load_environment("local", local_config)
+    log_build(env, "b-nb-score")
+    version = registry.register(registry.find_run("b-nb-score"))
+    customers = tmp_path / "customers.csv"
+    synthetic.generate(120, seed=2).to_csv(customers, index=False)
+    widgets = {"version": version, "scoringDate": "2026-12-01", "input": str(customers)}
+    result = json.loads(notebook_runtime.run_notebook("score_churn", dbutils(local_config, **widgets)))
+    assert (result["model_version"], result["build"], result["rows"], result["scoring_date"]) == (
+        version, "b-nb-score", 120, "2026-12-01")
+    scores = tracking.local_data_root(env) / contract.SCORES_PATH / "scoring_date=2026-12-01"
+    assert result["output"] == str(scores) and list(scores.glob("part-*.parquet"))
+
+
+def test_score_notebook_refuses_a_slot_outside_its_dropdown_and_needs_a_session_on_azure(local_config):
+    with pytest.raises(UsageError, match="slot='canary' is invalid; expected one of prod, stage"):
+        notebook_runtime.run_notebook("score_churn", dbutils(local_config, slot="canary"))
+    with pytest.raises(UsageError, match="scores on Databricks; run the notebook on the job's cluster"):
+        notebook_runtime.run_notebook("score_churn", dbutils(local_config, env="dev"))
 
 
 # --- the dbutils stand-in and the Databricks-side sign-in -----------------------------------------

@@ -17,6 +17,7 @@ from deploy.training import synthetic
 
 ROWS = 2_000
 EXAMPLE_REQUEST = Path(__file__).resolve().parent.parent / "examples" / "score-request.json"
+EXAMPLE_RESPONSE = EXAMPLE_REQUEST.with_name("score-response.json")
 
 
 @pytest.fixture
@@ -124,6 +125,9 @@ def test_the_example_request_scores_against_a_trained_model(train, data, local_c
     assert request["columns"] == list(contract.FEATURES) and len(request["data"]) == 2
     customers = pd.DataFrame(request["data"], columns=request["columns"])
     uri = f"runs:/{run_id}/{contract.MODEL_ARTIFACT_PATH}"
-    assert len(mlflow.pyfunc.load_model(uri).predict(customers)) == 2  # passes the model's schema enforcement
-    churn, stay = mlflow.sklearn.load_model(uri).predict_proba(customers[list(contract.FEATURES)])[:, 1]
+    answer = mlflow.pyfunc.load_model(uri).predict(customers)  # passes the model's schema enforcement
+    assert list(answer.columns) == [contract.PROBABILITY, contract.DECISION] and len(answer) == 2
+    churn, stay = answer[contract.PROBABILITY]
     assert churn > stay  # the first customer is the likely churner, as the demo says
+    example = json.loads(EXAMPLE_RESPONSE.read_text())["predictions"]  # the answer the README shows
+    assert [sorted(record) for record in example] == [sorted(answer.columns)] * 2

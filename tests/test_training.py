@@ -204,22 +204,107 @@ def test_the_run_holds_the_model_and_a_roc_curve(trained, store):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_the_logged_model_loads_predicts_and_declares_exactly_the_features(trained):
+def test_the_logged_model_answers_the_scoring_contract_and_declares_exactly_the_features(trained):
     import mlflow
 
     _, _, result = trained
     uri = f"runs:/{result.run_id}/{contract.MODEL_ARTIFACT_PATH}"
     test = pd.read_csv(result.test_data)
-    sklearn_model = mlflow.sklearn.load_model(uri)
-    scores = sklearn_model.predict_proba(test[list(contract.FEATURES)])[:, 1]
-    assert len(scores) == len(test) and ((scores >= 0) & (scores <= 1)).all()
-
     pyfunc = mlflow.pyfunc.load_model(uri)
     assert pyfunc.metadata.get_input_schema().input_names() == list(contract.FEATURES)
-    predictions = pyfunc.predict(test[list(contract.FEATURES)].head(5))
-    assert set(pd.Series(predictions).unique()) <= {0, 1}
-    requirements = Path(mlflow.artifacts.download_artifacts(f"{uri}/requirements.txt")).read_text()
-    assert "scikit-learn==" in requirements and "skops==" in requirements
+    assert pyfunc.metadata.get_output_schema().input_names() == [contract.PROBABILITY, contract.DECISION]
+    answer = pyfunc.predict(test[list(contract.FEATURES)])
+    assert list(answer.columns) == [contract.PROBABILITY, contract.DECISION] and len(answer) == len(test)
+    probability = answer[contract.PROBABILITY]
+    assert probability.between(0, 1).all() and probability.nunique() > 10
+    threshold = float(result.params["decision_threshold"])
+    assert (answer[contract.DECISION] == (probability >= threshold).astype(int)).all()
+    assert set(answer[contract.DECISION]) == {0, 1}
+
+
+def test_the_threshold_is_f1_optimal_on_the_training_split_and_logged(trained, store):
+    from sklearn.metrics import f1_score
+
+    _, _, result = trained
+    run = store.get_run(result.run_id)
+    threshold = float(run.data.params["decision_threshold"])
+    assert run.data.params["threshold_rule"] == "f1-optimal-out-of-fold" and 0.0 < threshold < 1.0
+    assert run.data.metrics["threshold_oof_f1"] > 0.4
+    # Chosen on the training split: on the test split, F1 at the threshold is the logged f1, and it beats 0.5.
+    test = pd.read_csv(result.test_data)
+    import mlflow
+
+    probability = mlflow.pyfunc.load_model(f"runs:/{result.run_id}/model").predict(test[list(contract.FEATURES)])[
+        contract.PROBABILITY
+    ]
+    at_threshold = f1_score(test[contract.LABEL], probability >= threshold)
+    assert at_threshold == pytest.approx(run.data.metrics["f1"])
+    assert at_threshold >= f1_score(test[contract.LABEL], probability >= 0.5) - 0.02
+
+
+def test_the_model_is_skops_and_code_with_no_pickle_and_pinned_requirements(trained):
+    """The serialization is explicit (issue 10): a skops pipeline, loaded by the model's own code file."""
+    import mlflow
+    import skops.io
+    import yaml
+
+    from deploy.training import model, packaging
+
+    _, _, result = trained
+    folder = Path(mlflow.artifacts.download_artifacts(f"runs:/{result.run_id}/{contract.MODEL_ARTIFACT_PATH}"))
+    files = {path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file()}
+    assert "artifacts/pipeline.skops" in files and "served_model.py" in files
+    assert not [name for name in files if name.endswith((".pkl", ".pickle", ".joblib"))]
+    mlmodel = yaml.safe_load((folder / "MLmodel").read_text())
+    pyfunc = mlmodel["flavors"]["python_function"]
+    assert set(mlmodel["flavors"]) == {"python_function"}  # no sklearn flavor: nothing pickled by MLflow
+    assert pyfunc["loader_module"] == "mlflow.pyfunc.loaders.code_model" and "python_model" not in pyfunc
+    assert pyfunc["config"]["threshold"] == pytest.approx(float(result.params["decision_threshold"]))
+    assert mlmodel["metadata"]["serialization"] == "skops"
+    assert mlmodel["metadata"]["skops_trusted_types"] == list(model.SKOPS_TRUSTED_TYPES)
+    assert skops.io.get_untrusted_types(file=folder / "artifacts" / "pipeline.skops") == list(model.SKOPS_TRUSTED_TYPES)
+    requirements = (folder / "requirements.txt").read_text().split()
+    assert requirements == packaging.model_requirements()
+    assert {line.split("==")[0] for line in requirements} == {
+        "mlflow", "scikit-learn", "skops", "pandas", "numpy", "scipy"
+    }
+    assert "cloudpickle" not in " ".join(requirements)
+
+
+def test_saving_refuses_a_type_nobody_reviewed(tmp_path):
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from deploy.training import packaging
+
+    frame = synthetic.generate(200)
+    fitted = HistGradientBoostingClassifier(max_iter=5).fit(frame[["Age", "Balance"]], frame[contract.LABEL])
+    features = frame[list(contract.FEATURES)]
+    with pytest.raises(packaging.UntrustedModelTypes, match="TreePredictor"):
+        packaging.save_model(fitted, features, 0.5, tmp_path / "model")
+    assert not (tmp_path / "model").exists()
+
+
+def test_the_served_model_file_stays_self_contained_and_names_the_contract():
+    """MLflow runs served_model.py where only the model's requirements are installed: no project imports."""
+    import ast
+
+    from deploy.training import packaging
+
+    tree = ast.parse(packaging.SERVED_MODEL_CODE.read_text())
+    imported = {
+        name.split(".")[0]
+        for node in ast.walk(tree)
+        for name in (
+            [alias.name for alias in node.names] if isinstance(node, ast.Import)
+            else [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+        )
+    }
+    assert imported <= {"__future__", "typing", "mlflow", "numpy", "pandas", "skops"}
+    assigned = {
+        target.id: node.value.value for node in tree.body if isinstance(node, ast.Assign)
+        for target in node.targets if isinstance(target, ast.Name) and isinstance(node.value, ast.Constant)
+    }
+    assert (assigned["PROBABILITY"], assigned["DECISION"]) == (contract.PROBABILITY, contract.DECISION)
 
 
 def test_the_audit_trail_holds_the_stratified_split_without_identifiers(trained):

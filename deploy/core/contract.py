@@ -9,6 +9,11 @@ MANUAL_SOURCE = "manual"  # the source recorded when a notebook is run by hand w
 
 REGISTERED_MODEL = "churn-model"
 MODEL_ARTIFACT_PATH = "model"
+# The scoring contract, online and in batch: per customer, the churn probability (a float in [0, 1])
+# and the decision at the model's threshold (0 or 1).
+PROBABILITY = "churn_probability"
+DECISION = "churn"
+SCORING_EXPERIMENT = "churn-scoring"
 
 LABEL = "Exited"
 ID_COLUMNS = ("RowNumber", "CustomerId", "Surname")
@@ -31,6 +36,8 @@ PROBE_CUSTOMER = {
 
 DATA_CONTAINER = "churndata"
 SOURCE_DATA_PATH = "Churn_Modelling.csv"  # the table inside the container
+SCORES_PATH = "scores"  # the batch scores inside the container: one partition per scoring date
+ID_COLUMN = "CustomerId"  # what a score is keyed by
 
 
 def audit_path(build: str, split: str) -> str:

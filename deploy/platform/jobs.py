@@ -1,4 +1,4 @@
-"""Start the workspace's `train` job for a build through databricks-sdk, and wait for it.
+"""Start the workspace's `train` job for a build (or another notebook job) through databricks-sdk, and wait.
 
 This replaces the hackathon guide's marketplace tasks (configure the Databricks CLI, start a
 cluster, execute the notebook, wait). Auth is Entra ID only: an azure-identity credential (the
@@ -169,18 +169,20 @@ def run_job(
     job_id: str | int,
     parameters: dict[str, str],
     *,
+    what: str,
     timeout_minutes: float = 75,
     poll_seconds: float = POLL_SECONDS,
 ) -> JobRun:
-    """Start a run of a notebook job with `parameters` (queued behind a running one), wait, return its result.
+    """Start a run of a notebook job with `parameters` (queued behind a running one) and wait for it.
 
-    Raises Refused with the run's state message and URL when it fails (as `run_training` does)."""
+    Raises Refused when the run fails, DeployError when waiting outlasts `timeout_minutes`."""
     from databricks.sdk.service.jobs import QueueSettings
 
-    started = client.jobs.run_now(job_id=int(job_id), notebook_params=parameters, queue=QueueSettings(enabled=True))
+    job_id = int(job_id)
+    started = client.jobs.run_now(job_id=job_id, notebook_params=parameters, queue=QueueSettings(enabled=True))
     run = client.jobs.get_run(started.run_id)
     state = _state(run)
-    progress(f"started job run {run.run_id} of job {job_id} ({state}): {run.run_page_url}")
+    progress(f"started job run {run.run_id} of job {job_id} for {what} ({state}): {run.run_page_url}")
     finished = _wait(client, run.run_id, timeout_minutes, poll_seconds, state)
     return _finished(client, finished, reused=False)
 

@@ -108,18 +108,25 @@ def _round(value: float | None) -> float | None:
 
 
 def score_auc(model_uri: str, test: pd.DataFrame) -> float:
-    """ROC AUC of the model at `model_uri` on `test` (features and label)."""
+    """ROC AUC of the model at `model_uri` on `test` (features and label), ranked by its churn probability."""
     from sklearn.metrics import roc_auc_score
 
+    from deploy.core.contract import PROBABILITY
     from deploy.release.registry import load_model
 
+    model = load_model(model_uri)
     features = test[list(FEATURES)]
-    model = load_model(model_uri).get_raw_model()  # the fitted scikit-learn pipeline
-    if hasattr(model, "predict_proba"):
-        positive = list(model.classes_).index(1)
-        scores = model.predict_proba(features)[:, positive]
-    else:  # a model without probabilities is ranked by its decisions
-        scores = model.predict(features)
+    if "sklearn" in model.metadata.flavors:  # a model logged before the scoring contract: its fitted pipeline
+        pipeline = model.get_raw_model()
+        if hasattr(pipeline, "predict_proba"):
+            scores = pipeline.predict_proba(features)[:, list(pipeline.classes_).index(1)]
+        else:  # a model without probabilities is ranked by its decisions
+            scores = pipeline.predict(features)
+        return float(roc_auc_score(test[LABEL], scores))
+    schema = model.metadata.get_input_schema()
+    if schema is not None and schema.has_input_names():  # the signature's types, as a scoring request gets them
+        features = features.astype({spec.name: spec.type.to_pandas() for spec in schema.inputs})
+    scores = model.predict(features)[PROBABILITY].to_numpy()
     return float(roc_auc_score(test[LABEL], scores))
 
 

@@ -1,9 +1,9 @@
 """Smoke validation of a deployment before it takes traffic.
 
 Test-set rows go through the deployment one request each, so the latency is per request as a
-caller sees it. The deployment passes when every request answers, every prediction equals the
-offline prediction of the same model version, and the p95 latency (the best of up to three timed
-passes) is within the bound.
+caller sees it. The deployment passes when every request answers, every prediction matches the
+offline prediction of the same model version (the same decision, the probability within a small
+tolerance), and the p95 latency (the best of up to three timed passes) is within the bound.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
 Invoke = Callable[["pd.DataFrame"], list[Any]]
 LATENCY_PASSES = 3
+# How far a served probability may be from the offline one of the same model version.
+PROBABILITY_TOLERANCE = 1e-6
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,9 @@ def sample(test: pd.DataFrame, policy: Validation | None, rows: int | None = Non
 
 
 def offline_predictions(model_uri: str, rows: pd.DataFrame) -> list[Any]:
-    """What the model version predicts in-process, through the same pyfunc interface the server uses."""
+    """What the model version predicts in-process, through the same pyfunc interface the server uses:
+    one record per row (`{"churn_probability": ..., "churn": ...}` for a model of the scoring
+    contract), as the scoring server's JSON answer lists them."""
     from deploy.release.registry import load_model
 
     model = load_model(model_uri)
@@ -65,6 +69,8 @@ def offline_predictions(model_uri: str, rows: pd.DataFrame) -> list[Any]:
         # (schema enforcement refuses int64 where the signature says double).
         rows = rows.astype({spec.name: spec.type.to_pandas() for spec in schema.inputs if spec.name in rows})
     predictions = model.predict(rows)
+    if hasattr(predictions, "to_dict") and hasattr(predictions, "columns"):  # a DataFrame: one record per row
+        return predictions.to_dict(orient="records")
     return predictions.tolist() if hasattr(predictions, "tolist") else list(predictions)
 
 
@@ -139,11 +145,19 @@ def _timed_pass(invoke: Invoke, rows: pd.DataFrame) -> list[float] | None:
 
 
 def same(served: Any, offline: Any) -> bool:
-    """Equal predictions; numbers within float round-trip error (JSON carries them as text)."""
+    """The same answer: records with the same fields, probabilities within PROBABILITY_TOLERANCE (JSON
+    carries them as text, and another machine's floating point may differ in the last bits), and
+    decisions and other integers exactly equal."""
+    if isinstance(served, dict) and isinstance(offline, dict):
+        return served.keys() == offline.keys() and all(same(served[key], offline[key]) for key in served)
     if isinstance(served, list) and isinstance(offline, list):
         return len(served) == len(offline) and all(map(same, served, offline))
+    if isinstance(served, bool) or isinstance(offline, bool):
+        return served == offline
+    if isinstance(served, int) and isinstance(offline, int):
+        return served == offline  # a decision (or a label): no tolerance
     if isinstance(served, int | float) and isinstance(offline, int | float):
-        return math.isclose(served, offline, rel_tol=1e-6, abs_tol=1e-9)
+        return math.isclose(served, offline, rel_tol=0.0, abs_tol=PROBABILITY_TOLERANCE)
     return served == offline
 
 

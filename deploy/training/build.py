@@ -9,7 +9,6 @@ A build that already has a finished run is reported, not retrained, unless `forc
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,7 +20,7 @@ from deploy.core.errors import UsageError
 from deploy.core.report import progress
 from deploy.platform import storage, tracking
 from deploy.platform.outputs import StackOutputs
-from deploy.training import model, schema, synthetic
+from deploy.training import model, packaging, schema, synthetic
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -29,6 +28,7 @@ if TYPE_CHECKING:
 
 ROC_CURVE_ARTIFACT = "roc_curve.png"
 TAG_SUPERSEDED_BY = "superseded_by"  # on a run replaced by a forced retrain of its build
+THRESHOLD_RULE = "f1-optimal-out-of-fold"
 
 
 @dataclass(frozen=True)
@@ -189,7 +189,9 @@ def _train_and_log(
         started = time.monotonic()
         found = model.search(parts.train, seed)
         progress(f"searched {found.candidates} candidates in {time.monotonic() - started:.1f}s: {found.best_params}")
-        metrics = model.evaluate(found.model, parts.test)
+        threshold = model.decision_threshold(found, parts.train, seed)
+        progress(f"decision threshold {threshold.value:.3f} (F1-optimal out of fold: {threshold.oof_f1:.3f})")
+        metrics = model.evaluate(found.model, parts.test, threshold.value)
         scores = ", ".join(f"{name} {value:.3f}" for name, value in metrics.items())
         params = {
             "random_seed": seed,
@@ -198,6 +200,9 @@ def _train_and_log(
             "search_candidates": found.candidates,
             "model": "HistGradientBoostingClassifier",
             **found.best_params,
+            "decision_threshold": threshold.value,
+            "threshold_rule": THRESHOLD_RULE,
+            "serialization": packaging.SERIALIZATION,
             "source_data": source_location,
             "train_data": train_location,
             "test_data": test_location,
@@ -205,12 +210,15 @@ def _train_and_log(
             "test_rows": len(parts.test),
         }
         metrics["search_cv_auc"] = found.cv_auc
+        metrics["threshold_oof_f1"] = threshold.oof_f1
         mlflow.log_params(params)
         mlflow.log_metrics(metrics)
         figure = model.roc_figure(found.model, parts.test, f"churn build {build}")
         mlflow.log_figure(figure, ROC_CURVE_ARTIFACT)
         model.close_figure(figure)
-        _log_model(found.model, parts)
+        packaging.log_model(
+            found.model, parts.train[list(contract.FEATURES)], threshold.value, model.SKOPS_TRUSTED_TYPES
+        )
         progress(f"logged run {run.info.run_id}: {scores}")
     return TrainResult(
         run_id=run.info.run_id,
@@ -222,42 +230,3 @@ def _train_and_log(
         test_data=test_location,
         params={name: str(value) for name, value in params.items()},
     )
-
-
-def _log_model(fitted: Any, parts: model.Split) -> None:
-    """Save the model as an MLflow model and log it as the run's `model` artifacts.
-
-    Not `mlflow.sklearn.log_model`: in MLflow 3 that creates a "logged model" through
-    /api/2.0/mlflow/logged-models, which the Azure ML tracking server does not implement (404).
-    Run artifacts work in every store, and `runs:/<run id>/model` registers and loads the same.
-    """
-    import tempfile
-
-    import mlflow
-    from mlflow.models import infer_signature
-
-    features = parts.train[list(contract.FEATURES)]
-    with warnings.catch_warnings():
-        # The integer columns (Age, Tenure, ...) are integers in the table and in every request; MLflow's
-        # hint that integers cannot be missing changes nothing here, and a double schema would refuse them.
-        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
-        signature = infer_signature(features, fitted.predict(features))
-    with tempfile.TemporaryDirectory() as folder:
-        saved = Path(folder) / contract.MODEL_ARTIFACT_PATH
-        mlflow.sklearn.save_model(
-            fitted,
-            saved,
-            signature=signature,
-            input_example=features.head(5),
-            # Explicit: inferring them runs a subprocess that costs ~7 s.
-            pip_requirements=model_requirements(),
-            skops_trusted_types=list(model.SKOPS_TRUSTED_TYPES),
-        )
-        mlflow.log_artifacts(str(saved), artifact_path=contract.MODEL_ARTIFACT_PATH)
-
-
-def model_requirements() -> list[str]:
-    """The packages that load and serve the model, pinned to the versions that trained it."""
-    from importlib.metadata import version
-
-    return [f"{name}=={version(name)}" for name in ("mlflow", "scikit-learn", "skops", "pandas", "numpy", "scipy")]
