@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from config import Monitoring
-from deploy.core.contract import CATEGORICAL_FEATURES, NUMERIC_FEATURES
+from deploy.core.contract import CATEGORICAL_FEATURES, NUMERIC_FEATURES, PROBABILITY
 
 SAMPLE_SIZE = 5_000  # rows kept per feature for the KS test, whatever the row count
 REFERENCE_QUANTILES = np.linspace(0.1, 0.9, 9)  # decile cut points
@@ -238,7 +238,7 @@ class PredictionProfile:
             self._loaded = True
             found = self._reference()
             if found is not None:
-                self.profile = NumericProfile.of("churn_probability", pd.Series(found), self._rng)
+                self.profile = NumericProfile.of(PROBABILITY, pd.Series(found), self._rng)
         if self.profile is not None:
             self.profile.add(pd.Series(np.asarray(probabilities, dtype=float)), self._rng)
 

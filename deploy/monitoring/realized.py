@@ -15,11 +15,12 @@ from typing import Any
 import pandas as pd
 
 from config import EnvConfig
+from deploy.core.contract import PROBABILITY
 from deploy.monitoring.drift import CROSSED, NOT_ENOUGH_DATA, OK, UNAVAILABLE
 from deploy.monitoring.sources import DataContainer, OutcomesUnreadable
 
 NO_OUTCOMES = "no outcomes yet"
-SCORE_COLUMNS = ["CustomerId", "churn_probability", "model_version"]
+SCORE_COLUMNS = ["CustomerId", PROBABILITY, "model_version"]
 
 
 def realized_quality(env: EnvConfig, container: DataContainer, today: date) -> dict[str, Any]:
@@ -52,12 +53,12 @@ def _judge_date(day: date, scores: pd.DataFrame, outcomes: pd.DataFrame, min_out
     from sklearn.metrics import roc_auc_score
 
     known = outcomes[outcomes["as_of"] >= day].sort_values("as_of").drop_duplicates("CustomerId")
-    scored = scores.dropna(subset=["churn_probability"]).drop_duplicates("CustomerId")
+    scored = scores.dropna(subset=[PROBABILITY]).drop_duplicates("CustomerId")
     joined = scored.merge(known, on="CustomerId", how="inner")
     versions = sorted({str(version) for version in scored.get("model_version", pd.Series(dtype=str)).dropna()})
     entry: dict[str, Any] = {"scored": len(scored), "with_outcome": len(joined), "model_versions": versions}
     positives = int(joined["Exited"].sum()) if len(joined) else 0
     if len(joined) < min_outcomes or positives in (0, len(joined)):
         return {**entry, "status": NOT_ENOUGH_DATA, "auc": None, "churned": positives}
-    auc = float(roc_auc_score(joined["Exited"], joined["churn_probability"]))
+    auc = float(roc_auc_score(joined["Exited"], joined[PROBABILITY]))
     return {**entry, "status": CROSSED if auc < minimum else OK, "auc": auc, "churned": positives}

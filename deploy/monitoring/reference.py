@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from config import EnvConfig
-from deploy.core.contract import FEATURES, TAG_BUILD, audit_path
+from deploy.core.contract import FEATURES, PROBABILITY, TAG_BUILD, audit_path
 from deploy.core.errors import Refused
 from deploy.platform import storage
 
@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 
     from deploy.release.targets.base import Target
 
-PROBABILITY = "churn_probability"  # the scoring contract's answer column
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ import itertools
 from pathlib import Path
 from typing import Any
 
+from deploy.core.contract import PROBABILITY
 from deploy.monitoring.drift import CROSSED, OK
 
 MARK = {OK: "ok", CROSSED: "CROSSED"}
@@ -86,7 +87,7 @@ def charts(document: dict[str, Any], folder: Path) -> dict[str, Path]:
     from matplotlib import pyplot
 
     folder.mkdir(parents=True, exist_ok=True)
-    entries = {**document["signals"]["features"], "churn_probability": document["signals"]["predictions"]}
+    entries = {**document["signals"]["features"], PROBABILITY: document["signals"]["predictions"]}
     entries = {name: entry for name, entry in entries.items() if "reference_bins" in entry}
     drawn: dict[str, Path] = {}
     columns = 3

@@ -20,6 +20,7 @@ from typing import Any
 
 import pandas as pd
 
+from deploy.core.contract import PROBABILITY
 from deploy.monitoring.window import Window
 
 BATCH_ROWS = 50_000  # customers per batch (a request carries one or many)
@@ -119,8 +120,8 @@ def probabilities(requests: list[dict[str, Any]], version: str | None) -> tuple[
         if not isinstance(outputs, list) or (version is not None and str(request.get("version")) != version):
             continue
         for answer in outputs:
-            if isinstance(answer, dict) and isinstance(answer.get("churn_probability"), int | float):
-                found.append(float(answer["churn_probability"]))
+            if isinstance(answer, dict) and isinstance(answer.get(PROBABILITY), int | float):
+                found.append(float(answer[PROBABILITY]))
             else:
                 labels += 1
     return found, labels

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from config import EnvConfig
-from deploy.core.contract import FEATURES
+from deploy.core.contract import FEATURES, PROBABILITY
 from deploy.core.report import progress
 from deploy.monitoring import drift, health, realized, request_log
 from deploy.monitoring.reference import load_reference
@@ -38,11 +38,11 @@ if TYPE_CHECKING:
     from deploy.platform.outputs import StackOutputs
     from deploy.release.targets.base import Target
 
-EXPERIMENT = "churn-monitoring"
+EXPERIMENT = "churn-monitoring"  # beside the contract's automl-churn and churn-scoring
 CROSSED = "crossed"
 OK = "ok"
 RETRAIN_SIGNALS = ("features", "predictions", "realized")
-BATCH_COLUMNS = [*FEATURES, "churn_probability", "model_version"]
+BATCH_COLUMNS = [*FEATURES, PROBABILITY, "model_version"]
 REPORT_ARTIFACT = "report.html"
 
 
@@ -154,10 +154,10 @@ def _read_batch_scores(
         for batch in container.scores(day, BATCH_COLUMNS):
             rows += len(batch)
             features.add(batch)
-            if "churn_probability" in batch.columns:
+            if PROBABILITY in batch.columns:
                 same = batch if "model_version" not in batch.columns else \
                     batch[batch["model_version"].astype(str) == version]
-                predictions.add(same["churn_probability"].dropna().to_numpy())
+                predictions.add(same[PROBABILITY].dropna().to_numpy())
     return rows, [day.isoformat() for day in dates]
 
 
@@ -192,7 +192,7 @@ def metrics_of(result: MonitorResult) -> dict[str, float]:
     metrics: dict[str, float] = {"rows.online": result.rows["online"], "rows.batch": result.rows["batch"],
                                  "crossed": len(result.crossed)}
     signals = result.signals
-    for name, entry in {**signals["features"], "churn_probability": signals["predictions"]}.items():
+    for name, entry in {**signals["features"], PROBABILITY: signals["predictions"]}.items():
         for key in ("value", "p_value", "test_statistic", "rows"):
             if isinstance(entry.get(key), int | float):
                 label = "jensen_shannon" if key == "value" else key
