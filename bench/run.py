@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -99,9 +100,24 @@ def median_of(
     }
 
 
+def free_ports(count: int) -> list[int]:
+    """`count` distinct ports free on 127.0.0.1 right now."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for probe in sockets:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in sockets]
+    finally:
+        for probe in sockets:
+            probe.close()
+
+
 def config_with_extra_envs(folder: Path, extra: int, state_dir: Path) -> Path:
     """The shipped environments plus `extra` copies of dev, to see what one more stack costs."""
-    text = CONFIG.read_text().replace('state_dir = ".state/local"', f'state_dir = "{state_dir}"')
+    # Ports of its own: the bench must not collide with a demo's (or a test's) slots on the shipped ports.
+    stage, prod = free_ports(2)
+    text = (CONFIG.read_text().replace('state_dir = ".state/local"', f'state_dir = "{state_dir}"')
+            .replace("stage_port = 5301", f"stage_port = {stage}").replace("prod_port = 5302", f"prod_port = {prod}"))
     text += "".join(f'\n[environments.extra{i}]\nprefix = "chrnx{i}"\npurge_protection = false\n' for i in range(extra))
     path = folder / f"environments-{extra}.toml"
     path.write_text(text)
