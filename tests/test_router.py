@@ -132,9 +132,15 @@ class Slot:
         assert self.process.returncode in (0, -signal.SIGTERM), errors.decode()
         return errors.decode()
 
-    def request_log(self) -> list[dict[str, Any]]:
+    def request_log(self, entries: int) -> list[dict[str, Any]]:
+        """The slot's request log once it holds `entries` records: the router writes a record after it answered."""
         path = self.serving / "requests" / "stage.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        deadline = time.monotonic() + 10
+        while True:
+            lines = path.read_text().splitlines() if path.exists() else []
+            if len(lines) >= entries or time.monotonic() > deadline:
+                return sorted((json.loads(line) for line in lines), key=lambda entry: entry["time"])
+            time.sleep(0.02)
 
 
 @pytest.fixture
@@ -353,7 +359,7 @@ def test_deployment_down_slow_or_absent_are_json_502_504_503(tmp_path: Path, dep
         assert nobody.status == 503 and nobody.json()["error_code"] == "SERVICE_UNAVAILABLE"
         assert exchange(serving.port, b"HEAD /ping HTTP/1.1\r\nHost: x\r\n\r\n").status == 503
 
-        failed = serving.request_log()
+        failed = serving.request_log(3)
         assert [(entry["status"], entry["deployment"]) for entry in failed] == [
             (502, "churn-v1"), (504, "churn-v2"), (503, None)
         ]
@@ -404,7 +410,7 @@ def test_the_request_log_records_each_scoring_request_as_documented(slot: Slot, 
     exchange(slot.port, post("/invocations", b"not json"))
     exchange(slot.port, b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")  # not a scoring request: not in the log
 
-    log = slot.request_log()
+    log = slot.request_log(6)
     assert len(log) == 6
     for entry in log:
         assert list(entry) == ["time", "slot", "deployment", "version", "status", "latency_ms", "inputs", "outputs",
