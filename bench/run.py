@@ -141,7 +141,9 @@ def write_request_log(state: Path, rows: int, batch: int = 50) -> Path:
     sys.path.insert(0, str(ROOT))
     from datetime import UTC, datetime, timedelta
 
-    from deploy.core.contract import FEATURES
+    import numpy as np
+
+    from deploy.core.contract import DECISION, FEATURES, PROBABILITY
     from deploy.training import synthetic
 
     slot = json.loads((state / "serving" / "prod.json").read_text())
@@ -149,6 +151,7 @@ def write_request_log(state: Path, rows: int, batch: int = 50) -> Path:
     version = slot["deployments"][serving]["version"]
     customers = synthetic.generate(rows, 7, drift=1.0)[list(FEATURES)]
     records = json.loads(customers.to_json(orient="records"))
+    chances = np.random.default_rng(7).beta(2, 5, rows).tolist()  # answers in the scoring contract's shape
     path = state / "serving" / "requests" / "prod.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     start = datetime.now(UTC) - timedelta(hours=12)
@@ -158,7 +161,8 @@ def write_request_log(state: Path, rows: int, batch: int = 50) -> Path:
             log.write(json.dumps({
                 "time": (start + timedelta(seconds=number)).isoformat(timespec="milliseconds"), "slot": "prod",
                 "deployment": serving, "version": version, "status": 200, "latency_ms": 11.5, "inputs": inputs,
-                "outputs": [0] * len(inputs), "error": None,
+                "outputs": [{PROBABILITY: round(chance, 4), DECISION: int(chance >= 0.5)}
+                            for chance in chances[first:first + batch]], "error": None,
             }) + "\n")
     return path
 

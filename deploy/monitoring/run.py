@@ -219,7 +219,7 @@ def _record(env: EnvConfig, result: MonitorResult) -> None:
 
     from deploy.monitoring import report
 
-    experiment_id = _experiment_id(env)
+    experiment_id = tracking.ensure_experiment(env, EXPERIMENT)
     tags = {"environment": env.name, "slot": result.slot, "version": result.version, "build": result.build,
             "window": result.window["text"], "verdict": result.verdict, "endpoint": result.endpoint}
     with (
@@ -242,16 +242,6 @@ def _record(env: EnvConfig, result: MonitorResult) -> None:
         client.set_tag(run.info.run_id, "crossed", ",".join(result.crossed)[:5000] or "-")
     if result.report.startswith("file://"):
         result.report = result.report.removeprefix("file://")
-
-
-def _experiment_id(env: EnvConfig) -> str:
-    import mlflow
-
-    experiment = mlflow.get_experiment_by_name(EXPERIMENT)
-    if experiment is not None:
-        return experiment.experiment_id
-    location = (env.local.state_dir / "mlartifacts").as_uri() if env.is_local else None
-    return mlflow.create_experiment(EXPERIMENT, artifact_location=location)
 
 
 def latest_verdict(slot: str) -> dict[str, Any] | None:

@@ -72,18 +72,19 @@ def _initialize_local_store(env: EnvConfig) -> None:
         MlflowClient().search_experiments(max_results=1)
 
 
-def ensure_experiment(env: EnvConfig) -> str:
-    """The id of experiment `automl-churn`, created if missing (call after `use_environment`)."""
+def ensure_experiment(env: EnvConfig, name: str | None = None) -> str:
+    """The id of experiment `name` (training's `automl-churn` by default), created if missing (call after
+    `use_environment`)."""
     import mlflow
 
     from deploy.core.contract import EXPERIMENT
 
-    experiment = mlflow.get_experiment_by_name(EXPERIMENT)
+    experiment = mlflow.get_experiment_by_name(name or EXPERIMENT)
     if experiment is not None:
         return experiment.experiment_id
     # Local artifacts go beside the database, not into whatever the working directory is.
     location = (env.local.state_dir / "mlartifacts").as_uri() if env.is_local else None
-    return mlflow.create_experiment(EXPERIMENT, artifact_location=location)
+    return mlflow.create_experiment(name or EXPERIMENT, artifact_location=location)
 
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from config import EnvConfig
 from deploy.core.contract import SCORING_EXPERIMENT
+from deploy.platform import tracking
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -33,24 +34,12 @@ TAG_OUTPUT = "output"
 TAG_INPUT = "input"
 
 
-def ensure_experiment(env: EnvConfig) -> str:
-    """The id of experiment `churn-scoring`, created if missing (MLflow pointed at `env` already)."""
-    import mlflow
-
-    experiment = mlflow.get_experiment_by_name(SCORING_EXPERIMENT)
-    if experiment is not None:
-        return experiment.experiment_id
-    # Local artifacts go beside the database, as training's do.
-    location = (env.local.state_dir / "mlartifacts").as_uri() if env.is_local else None
-    return mlflow.create_experiment(SCORING_EXPERIMENT, artifact_location=location)
-
-
 @contextmanager
 def scoring_run(env: EnvConfig, tags: dict[str, str], run_name: str) -> Iterator[Run]:
     """An MLflow run in `churn-scoring` for one scoring run; FAILED if the block raises."""
     import mlflow
 
-    experiment_id = ensure_experiment(env)
+    experiment_id = tracking.ensure_experiment(env, SCORING_EXPERIMENT)
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
         yield run
 
