@@ -73,3 +73,24 @@ def test_imports_run_downwards(path: Path) -> None:
             if own != other:
                 private = [name for name in names if name.startswith("_")]
                 assert not private, f"{where}: a sibling's private names {private}"
+
+
+def test_no_circle_between_sibling_concerns() -> None:
+    """A concern may use a sibling's public names, but two concerns never use each other: one sits above."""
+    uses: dict[str, set[str]] = {concern: set() for concern in CONCERNS}
+    for path in MODULES:
+        own = folder_of(module_name(path))
+        if own not in uses:
+            continue
+        for imported, names, _ in imports_of(path):
+            for target in [imported] if imported != "deploy" else [f"deploy.{name}" for name in names]:
+                other = folder_of(target)
+                if other in uses and other != own:
+                    uses[own].add(other)
+
+    def reaches(start: str, goal: str, seen: frozenset[str] = frozenset()) -> bool:
+        return any(step == goal or (step not in seen and reaches(step, goal, seen | {step})) for step in uses[start])
+
+    circles = sorted(f"{concern} -> {other} -> ... -> {concern}"
+                     for concern in CONCERNS for other in uses[concern] if reaches(other, concern))
+    assert not circles, f"concerns that use each other: {circles}"

@@ -32,11 +32,11 @@ from azure.identity import DefaultAzureCredential
 from config import load_environment
 from deploy.cli import main
 from deploy.monitoring import health, retrain
-from deploy.monitoring.diagnostics import API_VERSION, SETTING_NAME, DiagnosticSettings
 from deploy.monitoring.window import parse_window
 from deploy.platform import outputs as outputs_module
 from deploy.platform.outputs import OUTPUT_NAMES, StackOutputs
 from deploy.release.targets.azureml import AzureMLTarget
+from deploy.release.targets.diagnostics import API_VERSION, SETTING_NAME, DiagnosticSettings
 from tests.fakes_databricks import FakeJobsApi
 from tests.rollout_fixtures import FakeWorkspace
 

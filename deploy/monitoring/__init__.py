@@ -11,7 +11,6 @@
     health       volume, error rate and latency (the request log locally, Azure Monitor metrics on Azure)
     realized     AUC of past scores against the outcomes that have arrived, per scoring date
     report       the one-screen summary, the HTML report and the PNG charts
-    diagnostics  the endpoints' diagnostic settings (release wires each Azure ML endpoint to Log Analytics)
     traffic      sends a (drifted) synthetic customer base through a slot, for the demo
 
 Heavy imports (mlflow, scipy, matplotlib, the Azure SDKs) happen inside the functions that need them.

@@ -23,8 +23,8 @@ if TYPE_CHECKING:
     import pandas as pd
     from azure.ai.ml import MLClient
 
-    from deploy.monitoring.diagnostics import DiagnosticSettings
     from deploy.platform.outputs import StackOutputs
+    from deploy.release.targets.diagnostics import DiagnosticSettings
 
 PREVIOUS_TAG = "previous-deployment"
 UNUSABLE_STATES = frozenset({"Failed", "Canceled"})
@@ -54,7 +54,7 @@ class AzureMLTarget(Target):
             credential(env), outputs.subscription_id, outputs.resource_group, outputs.ml_workspace_name,
             cloud=env.cloud.name,
         )
-        from deploy.monitoring.diagnostics import DiagnosticSettings
+        from deploy.release.targets.diagnostics import DiagnosticSettings
 
         # Each endpoint and deployment sends its logs and metrics to the stack's Log Analytics workspace,
         # where the slot's alert rules (stacks/alerts) read them.
