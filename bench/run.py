@@ -1,7 +1,8 @@
 """`make bench`: medians of the operations people wait for, each run as a fresh process.
 
 - synthesis of every Azure environment (`python main.py`), wall time and peak memory of the
-  whole process tree (Python + the jsii node process), and how it grows per added environment;
+  whole process tree (Python + the jsii node process), and how it grows per added environment,
+  beside just importing the stacks in the same run (the floor: cdktn and the provider classes);
 - `python -m deploy --help` (CLI start-up);
 - local training of one build on 10,000 synthetic rows, MLflow logging included;
 - local `release --to stage` then `--to prod` of one build;
@@ -257,7 +258,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="runs per quick measurement (default 5)")
     parser.add_argument("--slow-runs", type=int, default=3, help="runs of training, release and scoring (default 3)")
-    parser.add_argument("--only", choices=("scoring", "monitoring"), help="run only this part")
+    parser.add_argument("--only", choices=("synthesis", "scoring", "monitoring"), help="run only this part")
     parser.add_argument("--pandas-baseline", nargs=3, metavar=("CONFIG", "VERSION", "CSV"), help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.pandas_baseline:
@@ -270,51 +271,58 @@ def main() -> None:
         state = folder / "state"
         out = {"CDKTF_OUTDIR": str(folder / "cdktf.out")}
 
-        if not options.only:
+        if options.only in (None, "synthesis"):
             for extra in (0, 2):
                 cfg = config_with_extra_envs(folder, extra, state)
                 label = f"synth {2 + extra} environments"
                 results[label] = median_of(options.runs, [python, "main.py"], {**out, "CHURN_CONFIG": str(cfg)})
                 print(f"{label}: {results[label]}", file=sys.stderr)
 
+            # The floor of synthesis in this run: importing the stacks (cdktn and the provider classes they use).
+            results["import the stacks (the floor of synthesis)"] = median_of(
+                options.runs, [python, "-c", "import stacks.platform"], out)
+            print(f"imports: {results['import the stacks (the floor of synthesis)']}", file=sys.stderr)
+
             results["python -m deploy --help"] = median_of(options.runs * 2, [python, "-m", "deploy", "--help"])
             print(f"--help: {results['python -m deploy --help']}", file=sys.stderr)
 
-        cfg = str(config_with_extra_envs(folder, 0, state))
-        cli = [python, "-m", "deploy"]
-        train_times, release_times = [], []
-        try:
-            for run in range(options.slow_runs if not options.only else 1):
-                build = f"bench.{run}"
-                train_times.append(measure([*cli, "train", "--env", "local", "--config", cfg, "--build", build])[0])
-                started = time.perf_counter()
-                for slot in ("stage", "prod"):
-                    measure([*cli, "release", "--env", "local", "--config", cfg, "--to", slot, "--build", build])
-                release_times.append(time.perf_counter() - started)
-            if options.only in (None, "monitoring"):
-                # The monitor of prod (serving the last build) over a log of drifted traffic (exit 3: drift flagged).
-                for rows in (1_000_000, 250_000):
-                    log = write_request_log(state, rows)
-                    label = f"{rows:,} logged rows"
-                    monitor = [*cli, "monitor", "--env", "local", "--config", cfg, "--window", "1d"]
-                    reading = [python, "-c", READ_ONLY, str(log)]
-                    results[f"read {label} (the limit)"] = median_of(options.slow_runs, reading)
-                    results[f"local monitor over {label}"] = median_of(options.slow_runs, monitor, ok=(0, 3))
-                    print(f"{label}: {results[f'read {label} (the limit)']} / {results[f'local monitor over {label}']}",
-                          file=sys.stderr)
-            if options.only in (None, "scoring"):
-                results.update(bench_scoring(cli, cfg, folder, options.slow_runs))
-        finally:
-            subprocess.run([*cli, "down", "--env", "local", "--config", cfg], cwd=ROOT, check=False)
-        if not options.only:
-            results["local train, 10,000 rows"] = {
-                "median_s": round(statistics.median(train_times), 3), "runs": len(train_times)
-            }
-            results["local release stage + prod"] = {
-                "median_s": round(statistics.median(release_times), 3), "runs": len(release_times)
-            }
+        if options.only != "synthesis":
+            cfg = str(config_with_extra_envs(folder, 0, state))
+            cli = [python, "-m", "deploy"]
+            train_times, release_times = [], []
+            try:
+                for run in range(options.slow_runs if not options.only else 1):
+                    build = f"bench.{run}"
+                    train_times.append(measure([*cli, "train", "--env", "local", "--config", cfg, "--build", build])[0])
+                    started = time.perf_counter()
+                    for slot in ("stage", "prod"):
+                        measure([*cli, "release", "--env", "local", "--config", cfg, "--to", slot, "--build", build])
+                    release_times.append(time.perf_counter() - started)
+                if options.only in (None, "monitoring"):
+                    # The monitor of prod (serving the last build) over a log of drifted traffic
+                    # (exit 3: drift flagged).
+                    for rows in (1_000_000, 250_000):
+                        log = write_request_log(state, rows)
+                        label = f"{rows:,} logged rows"
+                        monitor = [*cli, "monitor", "--env", "local", "--config", cfg, "--window", "1d"]
+                        reading = [python, "-c", READ_ONLY, str(log)]
+                        results[f"read {label} (the limit)"] = median_of(options.slow_runs, reading)
+                        results[f"local monitor over {label}"] = median_of(options.slow_runs, monitor, ok=(0, 3))
+                        read, watched = results[f"read {label} (the limit)"], results[f"local monitor over {label}"]
+                        print(f"{label}: {read} / {watched}", file=sys.stderr)
+                if options.only in (None, "scoring"):
+                    results.update(bench_scoring(cli, cfg, folder, options.slow_runs))
+            finally:
+                subprocess.run([*cli, "down", "--env", "local", "--config", cfg], cwd=ROOT, check=False)
+            if not options.only:
+                results["local train, 10,000 rows"] = {
+                    "median_s": round(statistics.median(train_times), 3), "runs": len(train_times)
+                }
+                results["local release stage + prod"] = {
+                    "median_s": round(statistics.median(release_times), 3), "runs": len(release_times)
+                }
 
-    if not options.only:
+    if options.only in (None, "synthesis"):
         growth = results["synth 4 environments"]["median_s"] - results["synth 2 environments"]["median_s"]
         results["synth cost per added environment"] = {"median_s": round(growth / 2, 3), "runs": options.runs}
     if "read 1,000,000 logged rows (the limit)" in results:

@@ -12,6 +12,7 @@ import json
 import shutil
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -21,6 +22,7 @@ from config import Monitoring, load_environment
 from deploy.cli import main
 from deploy.core.errors import Refused, UsageError
 from deploy.monitoring import drift, request_log
+from deploy.monitoring.health import RequestHealth
 from deploy.monitoring.run import EXPERIMENT, run_monitor
 from deploy.monitoring.window import parse_window
 from deploy.platform import tracking
@@ -185,19 +187,62 @@ def test_the_log_is_read_across_its_rotated_files_oldest_first_and_failures_coun
     files = request_log.log_files(env.local.state_dir, "prod")
     assert [path.name for path in files] == [f"prod.jsonl.{n}" for n in (4, 3, 2, 1)] + ["prod.jsonl"]
 
-    from deploy.monitoring.health import RequestHealth
-
     reading, health = request_log.LogReading(), RequestHealth()
     seen = []
     for batch in request_log.read_requests(files, parse_window("1d", NOW), reading, batch_rows=40):
-        assert len(batch) <= 4 and sum(len(request["inputs"]) for request in batch) <= 40
-        health.add(batch)
-        seen.extend(batch)
-    assert (reading.files, reading.unreadable_lines, reading.outside_window) == (5, 1, 1)
-    assert [request["_time"] for request in seen] == sorted(request["_time"] for request in seen)
+        assert len(batch) <= 4 and batch.requests["rows"].sum() <= 40 and len(batch.inputs) <= 40
+        health.add(batch.requests)
+        seen.extend(batch.requests["time"])
+    assert (reading.files, reading.lines, reading.unreadable_lines, reading.outside_window) == (5, 32, 1, 1)
+    assert seen == sorted(seen) and len(seen) == 30
     assert (health.requests, health.failed, health.server_errors, health.rows) == (30, 1, 1, 300)
     assert health.errors == {"INTERNAL_ERROR": 1}
     assert 11.0 < health.percentile(0.95) < 13.0  # every request took 12 ms; bins are 2.7% wide
+
+
+def test_the_columnar_and_the_line_by_line_reader_give_the_same_batches(env):
+    """pyarrow reads chunks of well-formed lines; a chunk it refuses goes line by line: both agree."""
+    customers = synthetic.generate(600, 6)
+    chances = np.random.default_rng(6).random(len(customers))
+    requests = traffic(env, "2", customers, batch=20, probabilities=lambda rows: chances[rows.index])  # 30 requests
+    requests[4] = logged_request(customers.iloc[80:100], datetime.fromisoformat(requests[4]["time"]), "2",
+                                 status=503)
+    requests[7]["inputs"][3]["Surname"] = "Hargrave"  # a key the model does not take: ignored by both
+    del requests[8]["inputs"][0]["Age"]  # a key missing: a null for both
+    requests[9]["version"] = "1"  # another version's answers: not this version's probabilities
+    requests.append(logged_request(customers.iloc[:5], NOW - timedelta(days=2), "2",
+                                   answers=[{"churn_probability": 0.5, "churn": 1}] * 5))  # outside the window
+    write_log(env, requests)
+    files = request_log.log_files(env.local.state_dir, "prod")
+
+    def read(columnar: bool, chunk_bytes: int) -> tuple[Any, ...]:
+        reading, health = request_log.LogReading(), RequestHealth()
+        batches = list(request_log.read_requests(files, parse_window("1d", NOW), reading, batch_rows=100,
+                                                 chunk_bytes=chunk_bytes, columnar=columnar))
+        for batch in batches:
+            health.add(batch.requests)
+        inputs = pd.concat([batch.inputs for batch in batches], ignore_index=True)
+        found, labels = zip(*(request_log.probabilities(batch, "2") for batch in batches), strict=True)
+        return (reading, (health.requests, health.failed, health.server_errors, health.rows, health.errors),
+                health.percentile(0.95), [len(batch) for batch in batches], inputs, np.concatenate(found),
+                sum(labels))
+
+    columnar, exact = read(True, 2**20), read(False, 2**20)
+    assert columnar[0] == exact[0] == request_log.LogReading(files=1, lines=31, outside_window=1)
+    assert request_log._columns(files[0].read_bytes()) is not None  # pyarrow took this log whole
+    assert columnar[1] == exact[1] == (30, 1, 1, 600, {"INTERNAL_ERROR": 1})
+    assert columnar[2:4] == exact[2:4] and exact[3] == [5, 5, 5, 5, 5, 5]  # 100 customers a batch
+    pd.testing.assert_frame_equal(columnar[4].astype({"Age": float}), exact[4].astype({"Age": float}),
+                                  check_dtype=False)
+    assert len(columnar[4]) == 600 and columnar[4]["Age"].isna().sum() == 1
+    np.testing.assert_allclose(columnar[5], exact[5])
+    assert len(exact[5]) == 600 - 20 - 20 and columnar[6] == exact[6] == 0  # less the failed and version 1
+
+    # A chunk with a line cut short is read line by line, the chunks before and after it by pyarrow.
+    files[0].write_text(files[0].read_text() + '{"time": "2026-12-01T11:00:00+00:00", "inputs": [{"Ag')
+    cut = read(True, 4096)
+    assert cut[0] == request_log.LogReading(files=1, lines=32, unreadable_lines=1, outside_window=1)
+    assert cut[1] == exact[1] and len(cut[4]) == 600
 
 
 # --- monitor, end to end ------------------------------------------------------------------------

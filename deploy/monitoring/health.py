@@ -13,6 +13,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 
 from config import EnvConfig
 from deploy.monitoring.drift import CROSSED, NOT_ENOUGH_DATA, OK
@@ -41,25 +42,23 @@ class RequestHealth:
     latency_counts: np.ndarray = field(default_factory=lambda: np.zeros(len(LATENCY_EDGES_MS) + 1, dtype=np.int64))
     errors: dict[str, int] = field(default_factory=dict)
 
-    def add(self, requests: list[dict[str, Any]]) -> None:
-        latencies = []
-        for request in requests:
-            self.requests += 1
-            status = request.get("status")
-            status = status if isinstance(status, int) else 0
-            if status >= 400 or not status:
-                self.failed += 1
-                kind = str(request.get("error") or f"status {status}").split(":")[0][:60]
-                self.errors[kind] = self.errors.get(kind, 0) + 1
-            if status >= 500:
-                self.server_errors += 1
-            if isinstance(request.get("inputs"), list):
-                self.rows += len(request["inputs"])
-            latency = request.get("latency_ms")
-            if isinstance(latency, int | float):
-                latencies.append(float(latency))
-        if latencies:
-            bins = np.searchsorted(LATENCY_EDGES_MS, np.asarray(latencies), side="left")
+    def add(self, requests: pd.DataFrame) -> None:
+        """One batch's requests (request_log.RequestBatch.requests: status 0 when the log has none)."""
+        if requests.empty:
+            return
+        status = requests["status"].to_numpy(dtype=np.int64)
+        failed = (status >= 400) | (status == 0)
+        self.requests += len(status)
+        self.failed += int(np.count_nonzero(failed))
+        self.server_errors += int(np.count_nonzero(status >= 500))
+        self.rows += int(requests["rows"].sum())
+        for error, code in zip(requests["error"].to_numpy(dtype=object)[failed], status[failed], strict=True):
+            kind = (error if isinstance(error, str) and error else f"status {code}").split(":")[0][:60]
+            self.errors[kind] = self.errors.get(kind, 0) + 1
+        latencies = requests["latency_ms"].to_numpy(dtype=float)
+        latencies = latencies[~np.isnan(latencies)]
+        if len(latencies):
+            bins = np.searchsorted(LATENCY_EDGES_MS, latencies, side="left")
             self.latency_counts += np.bincount(bins, minlength=len(self.latency_counts))
 
     def percentile(self, share: float) -> float | None:

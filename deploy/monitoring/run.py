@@ -137,8 +137,8 @@ def _read_request_log(
         return f"no request log at {request_log.requests_folder(env.local.state_dir) / f'{slot}.jsonl'}"
     reading = request_log.LogReading()
     for batch in request_log.read_requests(files, window, reading):
-        requests.add(batch)
-        features.add(request_log.input_columns(batch, FEATURES))
+        requests.add(batch.requests)
+        features.add(batch.inputs)
         predictions.add(*request_log.probabilities(batch, version))
     skipped = f", {reading.unreadable_lines} unreadable lines skipped" if reading.unreadable_lines else ""
     return f"request log, {reading.files} files{skipped}"
