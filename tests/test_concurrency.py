@@ -109,3 +109,23 @@ def test_status_fails_when_a_serving_slot_does_not_answer(env: EnvConfig, local_
     assert document["slots"]["prod"]["healthy"]  # the other slot is reported as it is
     status, text, _ = finish(start(local_config, "status"))
     assert status == 1 and "stage: churnservice-stage (Unreachable)" in text and "answers:    NO: " in text
+
+
+def test_an_experiment_another_command_created_meanwhile_is_used_not_refused(
+    env: EnvConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mlflow
+
+    from deploy.platform import tracking
+
+    tracking.use_environment(env)
+    theirs = mlflow.create_experiment("churn-race", artifact_location=(env.local.state_dir / "x").as_uri())
+    looked = mlflow.get_experiment_by_name
+    looks: list[str] = []
+
+    def look(name: str) -> object:
+        looks.append(name)
+        return None if len(looks) == 1 else looked(name)  # our first look came before the other's create
+
+    monkeypatch.setattr(mlflow, "get_experiment_by_name", look)
+    assert tracking.ensure_experiment(env, "churn-race") == theirs and looks == ["churn-race"] * 2

@@ -76,15 +76,23 @@ def ensure_experiment(env: EnvConfig, name: str | None = None) -> str:
     """The id of experiment `name` (training's `automl-churn` by default), created if missing (call after
     `use_environment`)."""
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     from deploy.core.contract import EXPERIMENT
 
-    experiment = mlflow.get_experiment_by_name(name or EXPERIMENT)
+    name = name or EXPERIMENT
+    experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
     # Local artifacts go beside the database, not into whatever the working directory is.
     location = (env.local.state_dir / "mlartifacts").as_uri() if env.is_local else None
-    return mlflow.create_experiment(name or EXPERIMENT, artifact_location=location)
+    try:
+        return mlflow.create_experiment(name, artifact_location=location)
+    except MlflowException as exc:  # another command created it since we looked
+        created = mlflow.get_experiment_by_name(name) if exc.error_code == "RESOURCE_ALREADY_EXISTS" else None
+        if created is None:
+            raise
+        return created.experiment_id
 
 
 
