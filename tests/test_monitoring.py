@@ -238,11 +238,13 @@ def test_the_columnar_and_the_line_by_line_reader_give_the_same_batches(env):
     np.testing.assert_allclose(columnar[5], exact[5])
     assert len(exact[5]) == 600 - 20 - 20 and columnar[6] == exact[6] == 0  # less the failed and version 1
 
-    # A chunk with a line cut short is read line by line, the chunks before and after it by pyarrow.
-    files[0].write_text(files[0].read_text() + '{"time": "2026-12-01T11:00:00+00:00", "inputs": [{"Ag')
-    cut = read(True, 4096)
-    assert cut[0] == request_log.LogReading(files=1, lines=32, unreadable_lines=1, outside_window=1)
-    assert cut[1] == exact[1] and len(cut[4]) == 600
+    # A chunk with a line cut short is read line by line, the chunks before and after it by pyarrow; a
+    # blank line and one with a bare carriage return inside are one unreadable line each, to both readers.
+    with files[0].open("a", newline="") as log:
+        log.write(f'\nnot json\r{json.dumps(requests[0])}\n{{"time": "2026-12-01T11:00:00+00:00", "inputs": [{{"Ag')
+    for reader in (read(True, 4096), read(False, 4096)):
+        assert reader[0] == request_log.LogReading(files=1, lines=34, unreadable_lines=3, outside_window=1)
+        assert reader[1] == exact[1] and len(reader[4]) == 600
 
 
 # --- monitor, end to end ------------------------------------------------------------------------

@@ -186,8 +186,11 @@ def _columns(chunk: bytes) -> RequestBatch | None:
 def _line_by_line(chunk: bytes) -> RequestBatch:
     """The chunk read one line at a time, keeping every line that is a JSON object with a time in UTC."""
     requests, inputs, answers = [], [], []
-    for line in chunk.decode("utf-8", errors="replace").splitlines():
-        request = _parsed(line)
+    lines = chunk.split(b"\n")
+    if chunk.endswith(b"\n"):
+        lines.pop()  # what follows the last newline is no line
+    for line in lines:  # newlines only: str.splitlines would also cut at a \r or a \u2028 inside a line
+        request = _parsed(line.decode("utf-8", errors="replace"))
         if request is None:
             continue
         position = len(requests)
