@@ -24,7 +24,8 @@ def collect(env: EnvConfig, outputs: Any = None, target: Any = None) -> dict[str
     """The slots (release), each slot's latest monitoring verdict (monitoring), the latest scoring run
     (scoring) and, on Azure, the automation secret (identity)."""
     from deploy.monitoring.run import latest_verdict
-    from deploy.release.rollout import resolve_outputs, status
+    from deploy.platform.outputs import resolve_outputs
+    from deploy.release.slot_status import status
     from deploy.scoring import latest_run
 
     stack = resolve_outputs(env, outputs)

@@ -23,7 +23,8 @@ from config import EnvConfig, load_environment
 from deploy.core.contract import FEATURES
 from deploy.core.errors import Refused, UsageError
 from deploy.release import gate, registry
-from deploy.release.rollout import down, release, rollback, status
+from deploy.release.rollout import down, release, rollback
+from deploy.release.slot_status import status
 from deploy.release.targets import local
 from deploy.release.targets.local import LocalTarget, score
 from tests.release_doubles import ServedBy

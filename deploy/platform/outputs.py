@@ -67,6 +67,16 @@ def load_outputs(env: EnvConfig, path: str | Path | None = None) -> StackOutputs
     return StackOutputs(**{name: str(values[name]) for name in OUTPUT_NAMES})
 
 
+Outputs = StackOutputs | str | Path | None  # what a command is given: the outputs, their file, or nothing
+
+
+def resolve_outputs(env: EnvConfig, outputs: Outputs) -> StackOutputs | None:
+    """The stack outputs an Azure environment needs (given, or read from a file); None for local."""
+    if env.is_local:
+        return None
+    return outputs if isinstance(outputs, StackOutputs) else load_outputs(env, outputs)
+
+
 def _shown(path: Path) -> str:
     """The path as a user would type it: relative to the working directory when it lies below it."""
     relative = os.path.relpath(path)

@@ -1,4 +1,6 @@
-"""Release a build into a slot (stage or prod), roll a slot back, show the slots, stop local servers.
+"""Release a build into a slot (stage or prod), roll a slot back, stop local servers.
+
+(`slot_status` shows what the slots serve.)
 
 `release` reads top-down as the steps of the release, all under the slot's lock:
 
@@ -28,30 +30,26 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from config import EnvConfig
 from config.naming import SLOTS
-from deploy.core.contract import PROBE_CUSTOMER, REGISTERED_MODEL, TAG_BUILD, TAG_SOURCE
+from deploy.core.contract import REGISTERED_MODEL, TAG_BUILD, TAG_SOURCE
 from deploy.core.errors import OK, DeployError, Refused, UsageError
 from deploy.core.report import emit_json, progress
 from deploy.platform import locks, tracking
-from deploy.platform.outputs import StackOutputs, load_outputs
+from deploy.platform.outputs import Outputs, StackOutputs, resolve_outputs
 from deploy.release import gate, registry, smoke, targets
-from deploy.release.targets.base import ABSENT, DeploymentInfo, Target, deployment_name
+from deploy.release.slot_status import version_status
+from deploy.release.targets.base import Target, deployment_name
 
 if TYPE_CHECKING:
     import pandas as pd
 
-Outputs = StackOutputs | str | Path | None
 ROLLED_BACK = "rolled-back"
-UNREACHABLE = "Unreachable"  # the slot has a serving deployment, but its public URL did not answer
-UNREADABLE = "Unreadable"  # the slot's record could not be read (locally: a damaged state file)
 PUBLIC_CHECK_ROWS = 5
 
 
@@ -172,7 +170,7 @@ def rollback(
         if only_if_serving is not None:
             # Only a failure after the traffic switch leaves the slot serving the new build, and only then is
             # moving back right; before the switch the slot still serves the previous release.
-            serving_build = (_version_status(current) or {}).get("build")
+            serving_build = (version_status(current) or {}).get("build")
             if serving_build != only_if_serving:
                 return NotServing(serving_build)
         previous = endpoint.deployment(endpoint.previous) if endpoint else None
@@ -200,19 +198,6 @@ def rollback(
     )
 
 
-def status(env: EnvConfig, outputs: Outputs = None, target: Target | None = None) -> dict[str, Any]:
-    """Each slot: endpoint URL, serving version and build, traffic, state, a probe through its public URL,
-    and its last validation. (`deploy.status` adds the automation secret's state for Azure environments.)
-
-    `healthy` is False for a slot that should serve (a deployment holds its traffic) but does not
-    answer, or whose record cannot be read; `status` then exits 1."""
-    stack = resolve_outputs(env, outputs)
-    tracking.use_environment(env, stack)
-    target = target or targets.for_environment(env, stack)
-    slots = {slot: _slot_status(env, slot, target) for slot in SLOTS}
-    return {"environment": env.name, "healthy": all(slot["healthy"] for slot in slots.values()), "slots": slots}
-
-
 def down(env: EnvConfig, lock_wait: float | None = None, slot_locks: locks.Locks | None = None) -> list[str]:
     """Stop the local routers and scoring servers (holding both slots' locks); returns what was stopped."""
     if not env.is_local:
@@ -225,13 +210,6 @@ def down(env: EnvConfig, lock_wait: float | None = None, slot_locks: locks.Locks
         for slot in SLOTS:
             held.enter_context(_slot_lock(env, None, slot, lock_wait, slot_locks))
         return LocalTarget(env).down()
-
-
-def resolve_outputs(env: EnvConfig, outputs: Outputs) -> StackOutputs | None:
-    """The stack outputs an Azure environment needs (given, or read from a file); None for local."""
-    if env.is_local:
-        return None
-    return outputs if isinstance(outputs, StackOutputs) else load_outputs(env, outputs)
 
 
 # --- the steps ------------------------------------------------------------------------------------
@@ -373,51 +351,6 @@ def _delete_older(target: Target, slot: str, keep: set[str | None]) -> None:
         if deployment.name not in keep and deployment.traffic == 0:
             target.delete_deployment(slot, deployment.name)
             progress(f"  deleted older deployment {deployment.name} (version {deployment.version})")
-
-
-def _slot_status(env: EnvConfig, slot: str, target: Target) -> dict[str, Any]:
-    document: dict[str, Any] = {
-        "endpoint": env.endpoint_name(slot), "url": None, "state": ABSENT, "traffic": {}, "serving": None,
-        "previous": None, "deployments": [], "probe": None, "healthy": True,
-    }
-    try:
-        endpoint = target.describe(slot)
-    except DeployError as exc:  # e.g. a damaged local state file: report it, and still report the other slot
-        return {**document, "state": UNREADABLE, "error": str(exc), "healthy": False}
-    if endpoint is not None:
-        document.update(
-            endpoint=endpoint.name, url=endpoint.url, state=endpoint.state, traffic=endpoint.traffic,
-            serving=_version_status(endpoint.serving), previous=_version_status(endpoint.deployment(endpoint.previous)),
-            deployments=[asdict(deployment) for deployment in endpoint.deployments],
-        )
-        if endpoint.serving is not None:
-            document["probe"] = _probe(target, slot)
-            if not document["probe"]["answered"]:
-                document.update(state=UNREACHABLE, healthy=False)
-    document["last_validation"] = registry.last_validation(slot)
-    return document
-
-
-def _probe(target: Target, slot: str) -> dict[str, Any]:
-    """One request through the slot's public URL, as a caller would send it."""
-    import pandas as pd
-
-    started = time.perf_counter()
-    try:
-        answers = target.invoke_slot(slot, pd.DataFrame([PROBE_CUSTOMER]))
-    except Exception as exc:  # whatever went wrong, the slot did not answer
-        return {"answered": False, "error": f"{type(exc).__name__}: {str(exc).strip()[:200]}", "latency_ms": None}
-    latency = round((time.perf_counter() - started) * 1000, 1)
-    if len(answers) != 1:
-        return {"answered": False, "error": f"{len(answers)} predictions for 1 row", "latency_ms": latency}
-    return {"answered": True, "error": None, "latency_ms": latency}
-
-
-def _version_status(deployment: DeploymentInfo | None) -> dict[str, Any] | None:
-    if deployment is None:
-        return None
-    build = registry.version_tags(deployment.version).get(TAG_BUILD) if deployment.version else None
-    return {"deployment": deployment.name, "version": deployment.version, "build": build, "state": deployment.state}
 
 
 def _check_slot(slot: str) -> None:
